@@ -1,0 +1,109 @@
+"""Learning-rate (and momentum / β1) schedules that step once per optimizer step.
+
+Each builder checks its arguments and returns one of torch's own schedulers, so values and
+`state_dict()` round trips are torch's: lrtune adds the papers' defaults, argument checks and the
+pieces torch lacks (linear warm-up in front of SGDR restarts), nothing else.
+"""
+
+from __future__ import annotations
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import (
+    ConstantLR,
+    CosineAnnealingWarmRestarts,
+    CyclicLR,
+    LinearLR,
+    LRScheduler,
+    OneCycleLR,
+    SequentialLR,
+)
+
+from ._checks import in_range, non_negative, one_of, positive, positive_int, require
+
+CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
+
+
+def _momentum_capable(optimizer: Optimizer, cycle_momentum: bool) -> None:
+    require(not cycle_momentum or "momentum" in optimizer.defaults or "betas" in optimizer.defaults,
+            "optimizer", "to have 'momentum' or 'betas' when cycle_momentum=True",
+            type(optimizer).__name__)
+
+
+def _momenta(base_momentum: float, max_momentum: float) -> None:
+    in_range("base_momentum", base_momentum, 0.0, 1.0, closed="[)")
+    in_range("max_momentum", max_momentum, 0.0, 1.0, closed="[)")
+    require(base_momentum <= max_momentum, "base_momentum", f"<= max_momentum={max_momentum}",
+            base_momentum)
+
+
+def one_cycle(optimizer: Optimizer, max_lr: float, total_steps: int, pct_start: float = 0.25,
+              div_factor: float = 25.0, final_div_factor: float = 1e4,
+              anneal_strategy: str = "cos", cycle_momentum: bool = True,
+              base_momentum: float = 0.85, max_momentum: float = 0.95) -> LRScheduler:
+    """Smith & Topin's 1-cycle: LR max_lr/div_factor -> max_lr -> max_lr/(div_factor*final_div_factor),
+    momentum (SGD) or β1 (Adam family) max_momentum -> base_momentum -> max_momentum."""
+    positive("max_lr", max_lr)
+    positive_int("total_steps", total_steps)
+    in_range("pct_start", pct_start, 0.0, 1.0, closed="()")
+    positive("div_factor", div_factor)
+    positive("final_div_factor", final_div_factor)
+    one_of("anneal_strategy", anneal_strategy, ("cos", "linear"))
+    _momentum_capable(optimizer, cycle_momentum)
+    _momenta(base_momentum, max_momentum)
+    return OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start,
+                      div_factor=div_factor, final_div_factor=final_div_factor,
+                      anneal_strategy=anneal_strategy, cycle_momentum=cycle_momentum,
+                      base_momentum=base_momentum, max_momentum=max_momentum)
+
+
+def cyclic(optimizer: Optimizer, base_lr: float, max_lr: float, step_size_up: int,
+           mode: str = "triangular", gamma: float = 1.0, cycle_momentum: bool = False,
+           base_momentum: float = 0.85, max_momentum: float = 0.95) -> LRScheduler:
+    """Smith's cyclical LR. Momentum stays fixed by default, as in the CLR paper; with
+    cycle_momentum=True it moves opposite to the LR as in the 2018 'disciplined approach'."""
+    positive("base_lr", base_lr)
+    positive("max_lr", max_lr)
+    require(base_lr < max_lr, "base_lr", f"< max_lr={max_lr}", base_lr)
+    positive_int("step_size_up", step_size_up)
+    one_of("mode", mode, CYCLIC_MODES)
+    in_range("gamma", gamma, 0.0, 1.0, closed="(]")
+    _momentum_capable(optimizer, cycle_momentum)
+    _momenta(base_momentum, max_momentum)
+    return CyclicLR(optimizer, base_lr=base_lr, max_lr=max_lr, step_size_up=step_size_up,
+                    mode=mode, gamma=gamma, cycle_momentum=cycle_momentum,
+                    base_momentum=base_momentum, max_momentum=max_momentum)
+
+
+def sgdr(optimizer: Optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0,
+         warmup_steps: int = 0) -> LRScheduler:
+    """Loshchilov & Hutter's cosine annealing with warm restarts, peak = the optimizer's lr.
+
+    T_0 and the periods are counted in optimizer steps. With warmup_steps > 0 the LR first rises
+    linearly from peak/warmup_steps to the peak, then the restarts begin (torch has no such option).
+    """
+    positive_int("T_0", T_0)
+    positive_int("T_mult", T_mult)
+    non_negative("eta_min", eta_min)
+    require(isinstance(warmup_steps, int) and warmup_steps >= 0, "warmup_steps",
+            "to be a non-negative integer", warmup_steps)
+    for group in optimizer.param_groups:
+        require(eta_min < group["lr"], "eta_min", f"< the optimizer's lr={group['lr']}", eta_min)
+    restarts = CosineAnnealingWarmRestarts(optimizer, T_0=T_0, T_mult=T_mult, eta_min=eta_min)
+    if warmup_steps == 0:
+        return restarts
+    warmup = LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0,
+                      total_iters=warmup_steps)
+    return SequentialLR(optimizer, [warmup, restarts], milestones=[warmup_steps])
+
+
+def constant(optimizer: Optimizer) -> LRScheduler:
+    """The optimizer's lr, unchanged: the baseline every schedule is compared with."""
+    return ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def sgdr_total_steps(T_0: int, T_mult: int, restarts: int) -> int:
+    """Steps covered by `restarts` complete SGDR periods: T_0 * (1 + T_mult + ... + T_mult**(restarts-1))."""
+    positive_int("T_0", T_0)
+    positive_int("T_mult", T_mult)
+    positive_int("restarts", restarts)
+    return sum(T_0 * T_mult**i for i in range(restarts))

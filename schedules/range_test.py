@@ -1,0 +1,341 @@
+"""The LR range test (Smith 2015): sweep the LR upwards for a few hundred steps, read the loss curve.
+
+It owns the sweep, the exact restore of model and optimizer afterwards, the diagnosis (the
+"insurance check": a healthy curve has a too-small-LR plateau, a fast descent and a divergence;
+anything else is a bug in model or data until shown otherwise) and the suggestion rule, which is
+documented on `suggest` below. torch and numpy only; matplotlib only when a plot is asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._checks import in_range, one_of, positive, positive_int, require
+
+StepFn = Callable[[nn.Module, torch.optim.Optimizer, Callable, Any], "float | torch.Tensor"]
+
+# A run of this many non-finite losses in a row ends the sweep: the model is gone.
+_NONFINITE_RUN = 3
+
+
+@dataclass
+class Suggestion:
+    lr: float  # a safe constant LR, and the CLR base_lr
+    max_lr: float  # the 1-cycle max_lr and the CLR upper bound
+    spread: float = 0.0  # std of log10(max_lr) over the repeats, in decades
+    max_lrs: list[float] = field(default_factory=list)  # one per repeat
+
+
+@dataclass
+class Diagnosis:
+    status: str  # "ok", "non_finite", "flat", "no_descent", "diverges_immediately",
+    #              "no_divergence", "starts_descending"
+    message: str
+
+
+@dataclass
+class Curve:
+    """One sweep as measured: every LR tried and its loss (NaN/inf kept)."""
+
+    lrs: list[float]
+    raw_losses: list[float]
+    smoothed: list[float]  # bias-corrected EMA over the finite losses, NaN where the loss was not finite
+    stop: str  # "diverged", "non_finite", "end"
+    params_changed: bool
+
+
+@dataclass
+class Features:
+    """What the rule reads off a curve, all LRs as log10."""
+
+    start_loss: float
+    min_loss: float
+    log_lr_min: float  # the centred-smoothed curve's minimum
+    log_lr_descent: float | None  # where the loss has fallen a tenth of the way to its minimum
+    log_lr_edge: float | None  # first LR past the minimum whose loss is back above start_loss
+
+
+@dataclass
+class RangeTestResult:
+    lrs: list[float]
+    losses: list[float]
+    raw_lrs: list[float]
+    raw_losses: list[float]
+    suggestion: Suggestion | None
+    diagnosis: Diagnosis
+    features: Features | None
+    curves: list[Curve]
+    settings: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def plot(self, path: str, title: str | None = None) -> str:
+        from ._plot import plot_range_test
+
+        return plot_range_test(self, path, title)
+
+
+def default_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch) -> float:
+    """One optimizer step on (inputs, targets); a non-finite loss is recorded but not stepped on,
+    as GradScaler does, so that a sporadic NaN shows as a gap instead of poisoning the weights."""
+    inputs, targets = batch
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(inputs), targets)
+    value = loss.item()
+    if math.isfinite(value) and loss.requires_grad:
+        loss.backward()
+        optimizer.step()
+    return value
+
+
+def _cycle(batches: Iterable):
+    """Endless batches: the iterable is iterated again when it ends (a loader reshuffles); a
+    one-shot iterator is replayed from what it yielded."""
+    seen = []
+    for batch in batches:
+        seen.append(batch)
+        yield batch
+    while True:
+        fresh = False
+        for batch in batches:
+            fresh = True
+            yield batch
+        if not fresh:
+            require(bool(seen), "batches", "to yield at least one (inputs, targets) batch", batches)
+            yield from seen
+
+
+def _lr_at(i: int, num_iter: int, start_lr: float, end_lr: float, step_mode: str) -> float:
+    t = i / (num_iter - 1)
+    if step_mode == "exp":
+        return start_lr * (end_lr / start_lr) ** t
+    return start_lr + (end_lr - start_lr) * t
+
+
+def _sweep(model, optimizer, loss_fn, batches, step_fn, *, start_lr, end_lr, num_iter, step_mode,
+           smooth, diverge_factor) -> Curve:
+    lrs, raw, smoothed = [], [], []
+    avg, n_finite, best, nonfinite_run, stop = 0.0, 0, math.inf, 0, "end"
+    model.train()
+    batches = _cycle(batches)
+    for i in range(num_iter):
+        lr = _lr_at(i, num_iter, start_lr, end_lr, step_mode)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = step_fn(model, optimizer, loss_fn, next(batches))
+        loss = float(loss.detach() if torch.is_tensor(loss) else loss)
+        lrs.append(lr)
+        raw.append(loss)
+        if not math.isfinite(loss):
+            smoothed.append(math.nan)
+            nonfinite_run += 1
+            if nonfinite_run >= _NONFINITE_RUN:
+                stop = "non_finite"
+                break
+            continue
+        nonfinite_run = 0
+        n_finite += 1
+        avg = smooth * avg + (1 - smooth) * loss
+        s = avg / (1 - smooth**n_finite)
+        smoothed.append(s)
+        best = min(best, s)
+        if s > diverge_factor * best:
+            stop = "diverged"
+            break
+    return Curve(lrs, raw, smoothed, stop, params_changed=False)
+
+
+def _centred(y: np.ndarray, k: int) -> np.ndarray:
+    """Centred moving median then mean over 2k+1 points: no lag, unlike the EMA, and robust to
+    single spikes."""
+    n = len(y)
+    med = np.array([np.median(y[max(0, i - k):i + k + 1]) for i in range(n)])
+    return np.array([med[max(0, i - k):i + k + 1].mean() for i in range(n)])
+
+
+def features(curve: Curve) -> Features | None:
+    lr = np.asarray(curve.lrs)
+    loss = np.asarray(curve.raw_losses)
+    ok = np.isfinite(loss)
+    if ok.sum() < 5:
+        return None
+    x, y = np.log10(lr[ok]), loss[ok]
+    per_decade = (len(x) - 1) / max(x[-1] - x[0], 1e-12)
+    c = _centred(y, max(2, round(0.2 * per_decade)))
+    head = max(3, len(c) // 20)
+    start = float(np.median(y[:head]))
+    i_min = int(np.argmin(c))
+    low = float(c[i_min])
+    drop = start - low
+    descent = None
+    if drop > 0:
+        below = np.nonzero(c[:i_min + 1] <= start - 0.1 * drop)[0]
+        descent = float(x[below[0]]) if len(below) else None
+    above = np.nonzero(c[i_min:] > start)[0]
+    edge = float(x[i_min + above[0]]) if len(above) else None
+    if edge is None and curve.stop != "end":
+        edge = float(np.log10(curve.lrs[-1]))
+    return Features(start, low, float(x[i_min]), descent, edge)
+
+
+def _gaps(loss: np.ndarray) -> int:
+    """Non-finite losses followed by finite ones, counted only where the last finite loss before
+    them was still below twice the starting loss: NaNs inside the divergence blow-up are not gaps."""
+    start = float(np.median(loss[:3][np.isfinite(loss[:3])])) if np.isfinite(loss[:3]).any() else math.inf
+    finite_idx = np.nonzero(np.isfinite(loss))[0]
+    if not len(finite_idx):
+        return 0
+    count, last = 0, math.nan
+    for i, v in enumerate(loss[:finite_idx[-1]]):
+        if math.isfinite(v):
+            last = v
+        elif math.isfinite(last) and last <= 2 * abs(start):
+            count += 1
+    return count
+
+
+def diagnose(curve: Curve, f: Features | None, *, start_lr: float, end_lr: float,
+             min_descent: float) -> Diagnosis:
+    loss = np.asarray(curve.raw_losses)
+    finite = np.isfinite(loss)
+    if not finite.any() or not finite[0]:
+        return Diagnosis("non_finite", "the loss is NaN/inf already at start_lr="
+                         f"{start_lr:g}: check the data (NaN/inf inputs or targets), the loss "
+                         "function and layers that can produce NaN (log, sqrt, division).")
+    gaps = _gaps(loss)
+    if gaps:
+        return Diagnosis("non_finite", f"{gaps} NaN/inf losses between finite ones (gaps in the curve) "
+                         "at LRs where training is still stable: the model or data produce NaN "
+                         "sporadically; inspect the batches and layers (log, sqrt, division, "
+                         "uninitialised buffers) and the loss.")
+    if not curve.params_changed:
+        return Diagnosis("flat", "no parameter changed during the test: all parameters frozen "
+                         "(requires_grad=False), not passed to the optimizer, or zero gradients.")
+    if f is None:
+        return Diagnosis("diverges_immediately", "fewer than 5 finite losses before the sweep "
+                         f"stopped: start_lr={start_lr:g} is already too high, or the model/loss "
+                         "is broken.")
+    span = math.log10(end_lr / start_lr)
+    first = math.log10(start_lr)
+    drop = (f.start_loss - f.min_loss) / abs(f.start_loss) if f.start_loss else 0.0
+    if f.log_lr_edge is not None and f.log_lr_edge < first + 0.15 * span and drop < min_descent:
+        return Diagnosis("diverges_immediately", "the loss rises from the first steps: "
+                         f"start_lr={start_lr:g} is already too high, or a bug (wrong loss, "
+                         "unnormalised inputs, targets of the wrong scale).")
+    if drop < min_descent and f.log_lr_edge is None:
+        return Diagnosis("flat", f"the loss moved less than {min_descent:.0%} over the whole sweep "
+                         "and never diverged: frozen parameters, constant labels, or a loss that "
+                         "does not depend on the output.")
+    if drop < min_descent:
+        return Diagnosis("no_descent", f"the loss never fell more than {min_descent:.0%} below its "
+                         "start before diverging: labels shuffled or misaligned with the inputs, "
+                         "targets of the wrong kind for the loss, or a model too weak to learn.")
+    if f.log_lr_edge is None:
+        return Diagnosis("no_divergence", f"the loss did not diverge up to end_lr={end_lr:g}: "
+                         "raise end_lr (or num_iter) until the curve turns up, so that max_lr "
+                         "can be read off it.")
+    if f.log_lr_descent is not None and f.log_lr_descent < first + 0.1 * span:
+        return Diagnosis("starts_descending", "the loss falls steeply from the very first step, "
+                         f"so the too-small-LR plateau is missing: lower start_lr={start_lr:g}.")
+    return Diagnosis("ok", "three regions: plateau, descent, divergence.")
+
+
+# The rule, calibrated against grid searches over the 1-cycle max_lr (bench/suggestion.py).
+EDGE_MARGIN = 0.5  # decades below the divergence edge
+LR_DIVISOR = 4.0  # suggestion.lr = max_lr / LR_DIVISOR (a CLR base_lr inside Smith's max/3..max/10)
+
+
+def suggest(f: Features) -> float:
+    """The 1-cycle max_lr for one curve.
+
+    Start from the divergence edge, the first LR past the loss minimum at which the
+    lag-free (centred) smoothed loss is back above its starting value: the edge of stability,
+    sharp and stable across seeds, unlike the minimum (which sits in a flat valley) or the
+    steepest slope (which moves with noise and with the loss's scale, as on MSE). 1-cycle's
+    warm-up and annealing let training live just below that edge, so max_lr = edge - EDGE_MARGIN
+    decades, but never above the minimum-loss LR, past which the loss was already rising.
+    """
+    return 10 ** min(f.log_lr_edge - EDGE_MARGIN, f.log_lr_min)
+
+
+def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
+               batches: Iterable, *, start_lr: float = 1e-7, end_lr: float = 10.0,
+               num_iter: int = 100, step_mode: str = "exp", smooth: float = 0.98,
+               diverge_factor: float = 4.0, step_fn: StepFn | None = None, repeats: int = 1,
+               seed: int | None = None, min_descent: float = 0.05) -> RangeTestResult:
+    """Run the LR range test and read it.
+
+    batches: any iterable of (inputs, targets), cycled when shorter than num_iter; pass a
+    shuffling loader when repeats > 1 so that each repeat sees other batches.
+    step_fn(model, optimizer, loss_fn, batch) -> loss replaces `default_step` for custom steps
+    (gradient accumulation, AMP with a GradScaler, closures).
+    repeats: run the sweep this many times from the same starting state (seeded `seed + r`);
+    the suggestion is the median and `suggestion.spread` the std of log10(max_lr).
+    Model and optimizer state (parameters, buffers, lr, momentum buffers, train/eval mode) are
+    exactly as before the call when it returns or raises.
+    """
+    positive("start_lr", start_lr)
+    positive("end_lr", end_lr)
+    require(end_lr > start_lr, "end_lr", f"> start_lr={start_lr}", end_lr)
+    positive_int("num_iter", num_iter)
+    require(num_iter >= 10, "num_iter", "to be at least 10", num_iter)
+    one_of("step_mode", step_mode, ("exp", "linear"))
+    in_range("smooth", smooth, 0.0, 1.0, closed="[)")
+    in_range("diverge_factor", diverge_factor, 1.0, math.inf, closed="()")
+    positive_int("repeats", repeats)
+    in_range("min_descent", min_descent, 0.0, 1.0, closed="[)")
+    step_fn = step_fn or default_step
+    settings = dict(start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, step_mode=step_mode,
+                    smooth=smooth, diverge_factor=diverge_factor, repeats=repeats, seed=seed)
+
+    model_state = copy.deepcopy(model.state_dict())
+    optim_state = copy.deepcopy(optimizer.state_dict())
+    was_training = model.training
+    devices = sorted({p.device.index for p in model.parameters() if p.device.type == "cuda"})
+    curves = []
+    try:
+        for r in range(repeats):
+            with torch.random.fork_rng(devices=devices):
+                if seed is not None:
+                    torch.manual_seed(seed + r)
+                curve = _sweep(model, optimizer, loss_fn, batches, step_fn, start_lr=start_lr,
+                               end_lr=end_lr, num_iter=num_iter, step_mode=step_mode,
+                               smooth=smooth, diverge_factor=diverge_factor)
+            now = model.state_dict()
+            curve.params_changed = any(not torch.equal(now[k], v) for k, v in model_state.items()
+                                       if v.is_floating_point())
+            curves.append(curve)
+            model.load_state_dict(model_state)
+            optimizer.load_state_dict(copy.deepcopy(optim_state))
+    finally:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optim_state)
+        model.train(was_training)
+
+    feats = [features(c) for c in curves]
+    diagnoses = [diagnose(c, f, start_lr=start_lr, end_lr=end_lr, min_descent=min_descent)
+                 for c, f in zip(curves, feats)]
+    bad = [d for d in diagnoses if d.status != "ok"]
+    suggestion = None
+    if not bad:
+        max_lrs = [suggest(f) for f in feats]
+        logs = np.log10(max_lrs)
+        max_lr = float(10 ** np.median(logs))
+        suggestion = Suggestion(lr=max_lr / LR_DIVISOR, max_lr=max_lr,
+                                spread=float(np.std(logs)), max_lrs=max_lrs)
+    diagnosis = bad[0] if bad else diagnoses[0]
+    if bad and len(curves) > 1:
+        diagnosis = Diagnosis(bad[0].status, f"{len(bad)} of {len(curves)} repeats: {bad[0].message}")
+    first = curves[0]
+    finite = [(lr, s) for lr, s in zip(first.lrs, first.smoothed) if math.isfinite(s)]
+    return RangeTestResult(lrs=[lr for lr, _ in finite], losses=[s for _, s in finite],
+                           raw_lrs=first.lrs, raw_losses=first.raw_losses, suggestion=suggestion,
+                           diagnosis=diagnosis, features=feats[0], curves=curves, settings=settings)

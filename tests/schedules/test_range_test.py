@@ -1,0 +1,300 @@
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from schedules import range_test
+from schedules.range_test import EDGE_MARGIN, LR_DIVISOR
+from trainables.tasks import digits
+
+
+@pytest.fixture(scope="module")
+def task():
+    return digits()
+
+
+class Loader:
+    """A re-iterable, reshuffling loader over the task's training tensors."""
+
+    def __init__(self, task, batch_size=64, seed=0, labels=None):
+        self.x, self.y = task.train
+        if labels is not None:
+            self.y = labels
+        self.batch_size = batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x), generator=self.gen)
+        for i in range(0, len(order) - self.batch_size + 1, self.batch_size):
+            idx = order[i:i + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+def bn_mlp():
+    return nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10))
+
+
+class FakeStep:
+    """A step_fn that returns a prescribed loss for each LR (no model involved)."""
+
+    def __init__(self, loss_of_lr):
+        self.loss_of_lr = loss_of_lr
+        self.lrs = []
+
+    def __call__(self, model, optimizer, loss_fn, batch):
+        lr = optimizer.param_groups[0]["lr"]
+        self.lrs.append(lr)
+        with torch.no_grad():
+            next(model.parameters()).add_(1.0)  # parameters do change
+        return self.loss_of_lr(lr)
+
+
+def _linear_and_sgd():
+    m = nn.Linear(2, 1)
+    return m, torch.optim.SGD(m.parameters(), lr=0.1)
+
+
+BATCHES = [(torch.zeros(1, 2), torch.zeros(1, 1))]
+
+
+def test_exponential_and_linear_sweeps_hit_both_ends():
+    for mode, mid in (("exp", math.sqrt(1e-6 * 1.0)), ("linear", (1e-6 + 1.0) / 2)):
+        step = FakeStep(lambda lr: 1.0)
+        m, o = _linear_and_sgd()
+        range_test(m, o, None, BATCHES, start_lr=1e-6, end_lr=1.0, num_iter=21, step_mode=mode,
+                   step_fn=step)
+        assert step.lrs[0] == pytest.approx(1e-6) and step.lrs[-1] == pytest.approx(1.0)
+        assert step.lrs[10] == pytest.approx(mid)
+
+
+def test_smoothing_is_bias_corrected_ema_and_stops_at_diverge_factor():
+    losses = [2.0, 1.0, 1.5, 0.5, 0.7, 0.6, 9.0, 50.0, 80.0, 90.0, 100.0, 200.0]
+    it = iter(losses)
+    m, o = _linear_and_sgd()
+    r = range_test(m, o, None, BATCHES, num_iter=len(losses), smooth=0.9, diverge_factor=3.0,
+                   step_fn=lambda *a: next(it))
+    avg, expected, best = 0.0, [], math.inf
+    for i, loss in enumerate(losses):
+        avg = 0.9 * avg + 0.1 * loss
+        s = avg / (1 - 0.9 ** (i + 1))
+        expected.append(s)
+        best = min(best, s)
+        if s > 3.0 * best:
+            break
+    assert r.losses == pytest.approx(expected)
+    assert len(r.raw_losses) == len(expected) < len(losses)
+    assert r.curves[0].stop == "diverged"
+
+
+def test_batches_are_cycled_and_one_shot_iterators_replayed():
+    seen = []
+
+    def step(model, optimizer, loss_fn, batch):
+        seen.append(batch)
+        return 1.0
+
+    m, o = _linear_and_sgd()
+    range_test(m, o, None, iter([1, 2, 3]), num_iter=10, step_fn=step)
+    assert seen == [1, 2, 3, 1, 2, 3, 1, 2, 3, 1]
+    with pytest.raises(ValueError, match="Expected batches to yield at least one"):
+        range_test(m, o, None, [], num_iter=10, step_fn=step)
+
+
+def _state(model, opt):
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), model.training
+
+
+def _assert_same(a, b):
+    (ma, oa, ta), (mb, ob, tb) = a, b
+    assert ta == tb
+    assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+    assert oa["param_groups"] == ob["param_groups"]
+    assert oa["state"].keys() == ob["state"].keys()
+    for k in oa["state"]:
+        for name, v in oa["state"][k].items():
+            w = ob["state"][k][name]
+            assert torch.equal(v, w) if torch.is_tensor(v) else v == w
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_model_optimizer_and_batchnorm_restored_exactly(task, kind):
+    model = bn_mlp()
+    opt = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9) if kind == "sgd"
+           else torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01))
+    for x, y in list(Loader(task))[:3]:  # non-trivial momentum buffers and BN statistics
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    before = _state(model, opt)
+    r = range_test(model, opt, nn.functional.cross_entropy, Loader(task), num_iter=60)
+    assert len(r.raw_losses) > 10
+    _assert_same(before, _state(model, opt))
+
+
+def test_restored_when_the_step_raises(task):
+    model = bn_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    before = _state(model, opt)
+    calls = []
+
+    def step(m, o, loss_fn, batch):
+        calls.append(1)
+        if len(calls) == 7:
+            raise RuntimeError("boom")
+        o.zero_grad()
+        loss = loss_fn(m(batch[0]), batch[1])
+        loss.backward()
+        o.step()
+        return loss
+
+    with pytest.raises(RuntimeError, match="boom"):
+        range_test(model, opt, nn.functional.cross_entropy, Loader(task), step_fn=step)
+    _assert_same(before, _state(model, opt))
+
+
+def test_custom_step_gradient_accumulation(task):
+    """A user step: two micro-batches accumulate into one optimizer step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    steps = []
+
+    def accumulate(m, o, loss_fn, batch):
+        x, y = batch
+        o.zero_grad()
+        total = 0.0
+        for xs, ys in zip(x.chunk(2), y.chunk(2)):
+            loss = loss_fn(m(xs), ys) / 2
+            loss.backward()
+            total += loss.item()
+        o.step()
+        steps.append(o.param_groups[0]["lr"])
+        return total
+
+    r = range_test(model, opt, nn.functional.cross_entropy, Loader(task, 128), step_fn=accumulate)
+    assert len(steps) == len(r.raw_losses)
+    assert r.diagnosis.status == "ok", r.diagnosis.message
+
+
+def test_healthy_model_ok_with_suggestion_and_spread(task, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    r = range_test(model, opt, nn.functional.cross_entropy, Loader(task, 50), repeats=3, seed=0)
+    assert r.diagnosis.status == "ok", r.diagnosis.message
+    s = r.suggestion
+    assert len(s.max_lrs) == 3
+    assert s.max_lr == pytest.approx(10 ** np.median(np.log10(s.max_lrs)))
+    assert s.spread == pytest.approx(np.std(np.log10(s.max_lrs)))
+    assert s.lr == pytest.approx(s.max_lr / LR_DIVISOR)
+    assert 1e-3 < s.max_lr < 10
+    f = r.features
+    assert f.log_lr_descent < f.log_lr_min < f.log_lr_edge
+    path = r.plot(str(tmp_path / "curve.png"))
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+class NaNSometimes(nn.Module):
+    """A layer that turns its output to NaN on one batch in five (a sporadic data/numerics bug)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x * math.nan if self.calls % 5 == 0 else x
+
+
+def test_nan_producing_layer_is_non_finite(task):
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), NaNSometimes(), nn.Linear(128, 10))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    r = range_test(model, opt, nn.functional.cross_entropy, Loader(task))
+    assert r.suggestion is None
+    assert r.diagnosis.status == "non_finite"
+    assert "gaps" in r.diagnosis.message
+    assert sum(not math.isfinite(v) for v in r.raw_losses) >= 5
+
+
+def test_nan_from_the_start_is_non_finite(task):
+    model = nn.Sequential(nn.Linear(64, 10))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    r = range_test(model, opt, lambda out, y: nn.functional.cross_entropy(out, y) * math.nan, Loader(task))
+    assert (r.diagnosis.status, r.suggestion) == ("non_finite", None)
+    assert "already at start_lr" in r.diagnosis.message
+
+
+def test_shuffled_labels_have_no_descent(task):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    shuffled = task.train[1][torch.randperm(len(task.train[1]))]
+    r = range_test(model, opt, nn.functional.cross_entropy, Loader(task, labels=shuffled))
+    assert (r.diagnosis.status, r.suggestion) == ("no_descent", None), r.diagnosis.message
+    assert "labels shuffled" in r.diagnosis.message
+
+
+def test_frozen_parameters_are_flat(task):
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.requires_grad_(False)
+    r = range_test(model, opt, nn.functional.cross_entropy, Loader(task))
+    assert (r.diagnosis.status, r.suggestion) == ("flat", None)
+    assert "frozen" in r.diagnosis.message
+
+
+def test_start_lr_too_high_diverges_immediately(task):
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    r = range_test(model, opt, nn.functional.cross_entropy, Loader(task), start_lr=20.0, end_lr=1e4)
+    assert (r.diagnosis.status, r.suggestion) == ("diverges_immediately", None), r.diagnosis.message
+    assert "start_lr=20" in r.diagnosis.message
+
+
+def test_no_divergence_refuses_and_says_raise_end_lr():
+    m, o = _linear_and_sgd()
+    r = range_test(m, o, None, BATCHES, step_fn=FakeStep(lambda lr: 1.0 if lr < 1e-4 else 0.5))
+    assert (r.diagnosis.status, r.suggestion) == ("no_divergence", None)
+    assert "raise end_lr" in r.diagnosis.message
+
+
+def _synthetic_curve(lr, descent=-4.0, valley=-2.0, edge=-0.5):
+    """Plateau at 2, falls between 10**descent and 10**valley to 0.5, flat, blows up past 10**edge."""
+    x = math.log10(lr)
+    t = min(max((x - descent) / (valley - descent), 0.0), 1.0)
+    base = 2.0 - 1.5 * t
+    return base if x < edge else base * 10 ** (3 * (x - edge))
+
+
+def test_rule_reads_edge_and_minimum_off_a_known_curve():
+    m, o = _linear_and_sgd()
+    r = range_test(m, o, None, BATCHES, num_iter=200, smooth=0.9, step_fn=FakeStep(_synthetic_curve))
+    assert r.diagnosis.status == "ok", r.diagnosis.message
+    f = r.features
+    per_point = 8 / 199  # decades between sweep points
+    assert f.log_lr_descent == pytest.approx(-4.0 + 0.15 * 2, abs=3 * per_point)
+    assert -2.0 - 3 * per_point <= f.log_lr_min <= -0.5
+    # back above the starting loss 2 where 0.5 * 10**(3(x+0.5)) > 2, i.e. x > -0.5 + log10(4)/3
+    assert f.log_lr_edge == pytest.approx(-0.5 + math.log10(4) / 3, abs=3 * per_point)
+    expected = min(f.log_lr_edge - EDGE_MARGIN, f.log_lr_min)
+    assert math.log10(r.suggestion.max_lr) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(start_lr=0.0), "Expected start_lr to be a positive finite number, but got 0.0"),
+    (dict(start_lr=1.0, end_lr=0.1), "Expected end_lr > start_lr=1.0, but got 0.1"),
+    (dict(num_iter=5), "Expected num_iter to be at least 10, but got 5"),
+    (dict(step_mode="log"), "Expected step_mode to be one of 'exp', 'linear', but got 'log'"),
+    (dict(smooth=1.0), "Expected smooth in [0.0, 1.0), but got 1.0"),
+    (dict(diverge_factor=1.0), "Expected diverge_factor in (1.0, inf), but got 1.0"),
+    (dict(repeats=0), "Expected repeats to be a positive integer, but got 0"),
+])
+def test_argument_errors(kwargs, message):
+    m, o = _linear_and_sgd()
+    with pytest.raises(ValueError) as e:
+        range_test(m, o, None, BATCHES, **kwargs)
+    assert str(e.value) == message

@@ -1,0 +1,99 @@
+"""The `lrtune` command line: argument parsing, exit codes, printing. Work is delegated.
+
+Exit codes: 0 success; 1 the range test refused (its diagnosis says why); 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+EXIT_REFUSED, EXIT_USAGE = 1, 2
+
+
+class UsageError(ValueError):
+    """Bad input from the user: printed as `lrtune: error: ...` with exit code 2."""
+
+
+def _range_test(args: argparse.Namespace) -> int:
+    from schedules import range_test
+    from trainables.workflow import OPTIMIZERS, build_optimizer, get_task
+
+    torch.set_num_threads(args.threads)
+    task = get_task(args.task)
+    model_name = args.model or next(iter(task.models))
+    if model_name not in task.models:
+        raise UsageError(f"--model: task {args.task!r} offers {', '.join(task.models)}, "
+                         f"not {model_name!r}")
+    if args.optimizer not in OPTIMIZERS:
+        raise UsageError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got {args.optimizer!r}")
+    torch.manual_seed(args.seed)
+    model = task.models[model_name]()
+    opt = build_optimizer(args.optimizer, model.parameters(), args.start_lr, args.weight_decay)
+    result = range_test(model, opt, task.loss_fn, task.loader(args.batch_size, args.seed),
+                        start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter,
+                        repeats=args.repeats, seed=args.seed)
+    if args.plot:
+        result.plot(args.plot, title=f"{args.task}/{model_name} {args.optimizer} "
+                    f"wd={args.weight_decay:g}: {result.diagnosis.status}")
+    s, d = result.suggestion, result.diagnosis
+    if args.json:
+        out = dict(task=args.task, model=model_name, optimizer=args.optimizer,
+                   weight_decay=args.weight_decay, status=d.status, message=d.message,
+                   suggestion=None if s is None else dict(lr=s.lr, max_lr=s.max_lr, spread=s.spread,
+                                                          max_lrs=s.max_lrs),
+                   lrs=result.raw_lrs, raw_losses=[_json_float(v) for v in result.raw_losses],
+                   settings=result.settings, plot=args.plot)
+        print(json.dumps(out, indent=1))
+    elif s is not None:
+        print(f"{args.task}/{model_name} {args.optimizer} weight_decay={args.weight_decay:g}: "
+              f"max_lr={s.max_lr:.3g} (1-cycle max_lr, CLR upper bound), lr={s.lr:.3g} "
+              f"(constant LR, CLR base_lr)" + (f", spread ±{s.spread:.2f} decades over "
+                                               f"{args.repeats} repeats" if args.repeats > 1 else ""))
+    else:
+        print(f"range test refused ({d.status}): {d.message}")
+    if args.plot and not args.json:
+        print(f"plot: {args.plot}")
+    return 0 if s is not None else EXIT_REFUSED
+
+
+def _json_float(v: float):
+    return v if v == v and abs(v) != float("inf") else None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lrtune", description="LR range tests that seed "
+                                "hyperparameter sweeps (Optuna + Ray Tune + MLflow).")
+    sub = p.add_subparsers(dest="command", required=True)
+    rt = sub.add_parser("range-test", help="run an LR range test on a built-in task and read it")
+    rt.add_argument("--task", default="mnist1d", help="built-in task: mnist1d, digits, synthetic")
+    rt.add_argument("--model", default=None, help="a model the task offers (default: its first)")
+    rt.add_argument("--optimizer", default="adamw", help="adamw, sgdw, adam (L2), sgd (L2)")
+    rt.add_argument("--weight-decay", type=float, default=0.0)
+    rt.add_argument("--batch-size", type=int, default=100)
+    rt.add_argument("--start-lr", type=float, default=1e-7)
+    rt.add_argument("--end-lr", type=float, default=10.0)
+    rt.add_argument("--num-iter", type=int, default=100)
+    rt.add_argument("--repeats", type=int, default=1, help="repeat over seeds to report the spread")
+    rt.add_argument("--seed", type=int, default=0)
+    rt.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    rt.add_argument("--plot", metavar="PNG", help="save the curve with regions and suggestion")
+    rt.add_argument("--json", action="store_true", help="print the result as JSON")
+    rt.set_defaults(run=_range_test)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        return args.run(args)
+    except (UsageError, ValueError) as e:
+        p.exit(EXIT_USAGE, f"lrtune: error: {e}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
