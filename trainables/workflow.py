@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from schedules import SGDW, constant, cyclic, one_cycle, sgdr
-from schedules._checks import one_of
+from schedules._checks import in_range, non_negative, one_of, positive
 
 from .tasks import BUILTIN, Task
 
@@ -26,6 +26,9 @@ def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0,
     """adamw / sgdw decay decoupled; adam / sgd add weight_decay to the gradient as L2 (kept so
     that the decoupled-vs-L2 claim can be measured)."""
     one_of("optimizer", name, OPTIMIZERS)
+    positive("lr", lr)
+    non_negative("weight_decay", weight_decay)
+    in_range("momentum", momentum, 0.0, 1.0, closed="[)")
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(momentum, beta2), weight_decay=weight_decay)
     if name == "adam":
@@ -87,6 +90,7 @@ def fit(task: Task, model_name: str, optimizer: str, schedule: str, epochs: int,
             loss = task.loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            lr = opt.param_groups[0]["lr"]  # the LR this step used, before the schedule moves it
             opt.step()
             sched.step()
             total += loss.detach()
@@ -94,7 +98,7 @@ def fit(task: Task, model_name: str, optimizer: str, schedule: str, epochs: int,
         train_loss = float(total) / n
         val_loss, metric = evaluate(model, task)
         row = dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss,
-                   **{task.metric_name: metric}, lr=opt.param_groups[0]["lr"],
+                   **{task.metric_name: metric}, lr=lr,
                    epoch_time=time.perf_counter() - t0)
         history.append(row)
         if on_epoch:
