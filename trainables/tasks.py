@@ -136,6 +136,18 @@ def mnist1d(seed: int = 42) -> Task:
 
 # ---------------------------------------------------------------- scikit-learn digits
 
+class DigitsCNN(nn.Module):
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(32 * 4 * 4, classes))
+
+    def forward(self, x):
+        return self.net(x.view(-1, 1, 8, 8))
+
+
 def digits(seed: int = 0) -> Task:
     from sklearn.datasets import load_digits
 
@@ -146,7 +158,7 @@ def digits(seed: int = 0) -> Task:
     cut = int(0.8 * len(x))
     tr, va = order[:cut], order[cut:]
     return Task("digits", (x[tr], y[tr]), (x[va], y[va]),
-                models={"mlp": lambda: mlp(64, 128, 10)},
+                models={"mlp": lambda: mlp(64, 128, 10), "cnn": DigitsCNN},
                 loss_fn=nn.functional.cross_entropy, metric=accuracy)
 
 

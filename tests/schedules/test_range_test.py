@@ -276,12 +276,25 @@ def test_rule_reads_edge_and_minimum_off_a_known_curve():
     assert r.diagnosis.status == "ok", r.diagnosis.message
     f = r.features
     per_point = 8 / 199  # decades between sweep points
-    assert f.log_lr_descent == pytest.approx(-4.0 + 0.15 * 2, abs=3 * per_point)
+    assert f.log_lr_descent == pytest.approx(-4.0 + 0.25 * 2, abs=3 * per_point)  # a quarter down
     assert -2.0 - 3 * per_point <= f.log_lr_min <= -0.5
     # back above the starting loss 2 where 0.5 * 10**(3(x+0.5)) > 2, i.e. x > -0.5 + log10(4)/3
     assert f.log_lr_edge == pytest.approx(-0.5 + math.log10(4) / 3, abs=3 * per_point)
-    expected = min(f.log_lr_edge - EDGE_MARGIN, f.log_lr_min)
-    assert math.log10(r.suggestion.max_lr) == pytest.approx(expected)
+    assert math.log10(r.suggestion.max_lr) == pytest.approx(f.log_lr_edge - EDGE_MARGIN["sgd"])
+    adam = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    r = range_test(m, adam, None, BATCHES, num_iter=200, smooth=0.9, step_fn=FakeStep(_synthetic_curve))
+    assert math.log10(r.suggestion.max_lr) == pytest.approx(f.log_lr_edge - EDGE_MARGIN["adaptive"])
+
+
+def test_noise_dip_on_the_plateau_is_not_the_descent():
+    def noisy(lr):
+        x = math.log10(lr)
+        dip = -0.6 if -6.5 < x < -6.2 else 0.0  # a few low batches early on
+        return _synthetic_curve(lr) + dip
+    m, o = _linear_and_sgd()
+    r = range_test(m, o, None, BATCHES, num_iter=200, smooth=0.9, step_fn=FakeStep(noisy))
+    assert r.diagnosis.status == "ok", r.diagnosis.message
+    assert r.features.log_lr_descent > -4.0
 
 
 @pytest.mark.parametrize("kwargs,message", [
