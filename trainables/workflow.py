@@ -6,6 +6,7 @@ logging in it: metrics are computed once per epoch.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -72,37 +73,88 @@ def evaluate(model: nn.Module, task: Task, batch_size: int = 1000) -> tuple[floa
     return task.loss_fn(out, y).item(), task.metric(out, y)
 
 
+SCHEDULE_PARAMS = ("max_lr", "base_lr", "step_size_up", "mode", "gamma", "T_0", "T_mult",
+                   "eta_min", "warmup_steps", "pct_start", "div_factor", "final_div_factor",
+                   "base_momentum", "max_momentum")
+
+
+class Run:
+    """One workflow in progress: everything a checkpoint must hold to continue bit for bit
+    (model, optimizer, schedule, the data-order generator, torch's RNG, the epoch)."""
+
+    def __init__(self, task: Task, workflow: dict, device: torch.device | str = "cpu"):
+        w = self.workflow = dict(workflow)
+        self.task, self.device = task, torch.device(device)
+        self.epochs, self.batch_size = int(w["epochs"]), int(w["batch_size"])
+        torch.manual_seed(int(w.get("seed", 0)))
+        self.model = task.models[w["model"]]().to(self.device)
+        start_lr = w.get("lr") or w.get("max_lr") or 1e-3
+        self.optimizer = build_optimizer(w["optimizer"], self.model.parameters(), start_lr,
+                                         w.get("weight_decay", 0.0), w.get("momentum", 0.9))
+        self.steps_per_epoch = task.steps_per_epoch(self.batch_size)
+        params = {k: w[k] for k in SCHEDULE_PARAMS if w.get(k) is not None}
+        self.scheduler = build_schedule(w["schedule"], self.optimizer,
+                                        self.epochs * self.steps_per_epoch, **params)
+        self.generator = torch.Generator().manual_seed(int(w.get("seed", 0)))
+        self.epoch = 0
+
+    def train_epoch(self) -> dict:
+        """One epoch; returns its metrics. `diverged` is True when a loss was not finite."""
+        t0, total, n = time.perf_counter(), torch.zeros((), device=self.device), 0
+        group = self.optimizer.param_groups[0]
+        lr, momentum = group["lr"], _momentum(group)
+        for x, y in self.task.batches(self.batch_size, self.generator):
+            loss = self.task.loss_fn(self.model(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            lr, momentum = group["lr"], _momentum(group)  # what this step uses
+            self.optimizer.step()
+            self.scheduler.step()
+            total += loss.detach()
+            n += 1
+        self.epoch += 1
+        train_loss = float(total) / n
+        val_loss, metric = evaluate(self.model, self.task)
+        return dict(epoch=self.epoch, train_loss=train_loss, val_loss=val_loss,
+                    **{self.task.metric_name: metric}, lr=lr, momentum=momentum,
+                    epoch_time=time.perf_counter() - t0,
+                    diverged=not (math.isfinite(train_loss) and math.isfinite(val_loss)))
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.epochs
+
+    def state_dict(self) -> dict:
+        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(), generator=self.generator.get_state(),
+                    torch_rng=torch.get_rng_state(), epoch=self.epoch, workflow=self.workflow)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch = state["epoch"]
+
+
+def _momentum(group: dict) -> float:
+    return group["betas"][0] if "betas" in group else group.get("momentum", 0.0)
+
+
 def fit(task: Task, model_name: str, optimizer: str, schedule: str, epochs: int, batch_size: int,
         seed: int = 0, lr: float | None = None, weight_decay: float = 0.0, momentum: float = 0.9,
         on_epoch: Callable[[dict], None] | None = None, **schedule_params) -> list[dict]:
-    """Train one workflow from scratch; returns one metrics dict per epoch."""
-    torch.manual_seed(seed)
-    model = task.models[model_name]()
-    start_lr = lr if lr is not None else schedule_params.get("max_lr", 1e-3)
-    opt = build_optimizer(optimizer, model.parameters(), start_lr, weight_decay, momentum)
-    steps = task.steps_per_epoch(batch_size)
-    sched = build_schedule(schedule, opt, epochs * steps, **schedule_params)
-    gen = torch.Generator().manual_seed(seed)
+    """Train one workflow from scratch with the plain loop; one metrics dict per epoch."""
+    run = Run(task, dict(model=model_name, optimizer=optimizer, schedule=schedule, epochs=epochs,
+                         batch_size=batch_size, seed=seed, lr=lr, weight_decay=weight_decay,
+                         momentum=momentum, **schedule_params))
     history = []
-    for epoch in range(1, epochs + 1):
-        t0, total, n = time.perf_counter(), 0.0, 0
-        for x, y in task.batches(batch_size, gen):
-            loss = task.loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            lr = opt.param_groups[0]["lr"]  # the LR this step used, before the schedule moves it
-            opt.step()
-            sched.step()
-            total += loss.detach()
-            n += 1
-        train_loss = float(total) / n
-        val_loss, metric = evaluate(model, task)
-        row = dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss,
-                   **{task.metric_name: metric}, lr=lr,
-                   epoch_time=time.perf_counter() - t0)
+    while not run.done:
+        row = run.train_epoch()
         history.append(row)
         if on_epoch:
             on_epoch(row)
-        if not (torch.isfinite(torch.tensor(train_loss)) and torch.isfinite(torch.tensor(val_loss))):
+        if row["diverged"]:
             break
     return history

@@ -1,0 +1,143 @@
+"""The sweep config: YAML -> typed, validated objects, before anything starts.
+
+Unknown keys, wrong types and impossible values raise `ConfigError`, whose message names each
+offending key (dotted path), the rule it broke and the value given; the CLI turns it into exit 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainables.workflow import OPTIMIZERS, SCHEDULES
+
+Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]
+Schedule = Literal[SCHEDULES]  # type: ignore[valid-type]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class RangeTest(_Strict):
+    num_iter: int = Field(100, ge=10)
+    start_lr: float = Field(1e-7, gt=0)
+    end_lr: float = Field(10.0, gt=0)
+    weight_decays: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    repeats: int = Field(1, ge=1)
+
+    @field_validator("weight_decays")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        if any(w < 0 for w in v):
+            raise ValueError("every weight decay must be >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.end_lr <= self.start_lr:
+            raise ValueError(f"end_lr must be > start_lr={self.start_lr}")
+        return self
+
+
+class Search(_Strict):
+    algorithm: Literal["optuna", "random"] = "optuna"
+    num_samples: int = Field(16, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    seeded: bool = True
+    seed: int = 0
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _fraction_or_whole(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("a fraction (<= 1, packs several trials per GPU) or a whole number of GPUs")
+        return v
+
+
+class Tracking(_Strict):
+    mlflow_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "lrtune"
+    optuna_storage: str = "sqlite:///optuna.db"
+
+
+class SweepConfig(_Strict):
+    name: str = "sweep"
+    task: str = "mnist1d"
+    model: str | None = None
+    data_dir: str | None = None  # for tasks that read local files (cifar10)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(100, ge=1)
+    optimizers: list[Optimizer] = Field(default_factory=lambda: ["adamw", "sgdw"], min_length=1)
+    schedules: list[Schedule] = Field(default_factory=lambda: list(SCHEDULES), min_length=1)
+    range_test: RangeTest = RangeTest()
+    search: Search = Search()
+    resources: Resources = Resources()
+    tracking: Tracking = Tracking()
+    storage_path: str | None = None  # Ray Tune results and checkpoints; default ./ray_results
+    threads_per_trial: int = Field(1, ge=1)
+    seed: int = 0
+
+    @field_validator("task")
+    @classmethod
+    def _task_name(cls, v: str) -> str:
+        from trainables.tasks import BUILTIN
+
+        if v not in BUILTIN and ":" not in v:
+            raise ValueError(f"a built-in task ({', '.join(BUILTIN)}) or 'package.module:function'")
+        return v
+
+
+def _allowed(loc: tuple) -> list[str]:
+    """The keys allowed beside the unknown one at `loc`."""
+    model = SweepConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _describe(err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return (f"{key}: unknown key (value {err['input']!r}); allowed here: "
+                f"{', '.join(_allowed(err['loc']))}")
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{key}: {msg} (got {err.get('input')!r})"
+
+
+def parse(data: dict | None, source: str = "config") -> SweepConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as e:
+        lines = [_describe(err) for err in e.errors(include_url=False)]
+        raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def load(path: str | Path) -> SweepConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse(data, str(path))
