@@ -107,3 +107,17 @@ def sgdr_total_steps(T_0: int, T_mult: int, restarts: int) -> int:
     positive_int("T_mult", T_mult)
     positive_int("restarts", restarts)
     return sum(T_0 * T_mult**i for i in range(restarts))
+
+
+def sgdr_plans(total_steps: int, T_mults: tuple[int, ...] = (1, 2), max_restarts: int = 5,
+               min_T_0: int = 1) -> list[tuple[int, int, int]]:
+    """Every (T_0, T_mult, restarts) whose periods end exactly at total_steps, so that the last
+    cycle finishes at the LR minimum when training stops."""
+    positive_int("total_steps", total_steps)
+    plans = []
+    for T_mult in T_mults:
+        for n in range(1, max_restarts + 1):
+            periods = sum(T_mult**i for i in range(n))  # total = T_0 * periods
+            if total_steps % periods == 0 and total_steps // periods >= min_T_0:
+                plans.append((total_steps // periods, T_mult, n))
+    return sorted(set(plans), key=lambda p: (p[2], p[1]))

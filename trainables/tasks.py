@@ -178,4 +178,85 @@ def synthetic(seed: int = 0, n_train: int = 4000, n_val: int = 1000, dim: int = 
                 loss_fn=nn.functional.mse_loss, metric=r2, metric_name="r2")
 
 
-BUILTIN = {"mnist1d": mnist1d, "digits": digits, "synthetic": synthetic}
+# ---------------------------------------------------------------- CIFAR-10 (local files only)
+
+class ResidualBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return torch.relu(x + self.body(x))
+
+
+def resnet_small(classes: int = 10, width: int = 32) -> nn.Sequential:
+    def down(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                             nn.ReLU(), nn.MaxPool2d(2))
+    return nn.Sequential(down(3, width), ResidualBlock(width), down(width, 2 * width),
+                         down(2 * width, 4 * width), ResidualBlock(4 * width),
+                         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4 * width, classes))
+
+
+def cifar10(data_dir: str | None = None) -> Task:
+    """CIFAR-10 from a local `cifar-10-batches-py` folder (the python pickle format); `data_dir`
+    is that folder or its parent. Never downloads."""
+    import pickle
+    from pathlib import Path
+
+    if data_dir is None:
+        raise ValueError("Expected data_dir for task cifar10 (a local cifar-10-batches-py folder), but got None")
+    root = Path(data_dir)
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    train_files = sorted(root.glob("data_batch_*"))
+    if not train_files or not (root / "test_batch").is_file():
+        raise ValueError(f"Expected data_batch_* and test_batch files in {str(root)!r}, but found "
+                         f"{sorted(p.name for p in root.iterdir()) if root.is_dir() else 'no such folder'}")
+
+    def read(files):
+        xs, ys = [], []
+        for f in files:
+            with open(f, "rb") as fh:
+                d = pickle.load(fh, encoding="bytes")
+            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[b"labels"], dtype=np.int64))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    x, y = read(train_files)
+    xv, yv = read([root / "test_batch"])
+    mean = x.reshape(-1, 3, 32 * 32).mean(axis=(0, 2)).reshape(1, 3, 1, 1) / 255
+    std = x.reshape(-1, 3, 32 * 32).std(axis=(0, 2)).reshape(1, 3, 1, 1) / 255
+    norm = lambda a: torch.tensor((a / 255 - mean) / std, dtype=torch.float32)  # noqa: E731
+    return Task("cifar10", (norm(x), torch.tensor(y)), (norm(xv), torch.tensor(yv)),
+                models={"resnet": resnet_small}, loss_fn=nn.functional.cross_entropy, metric=accuracy)
+
+
+BUILTIN = {"mnist1d": mnist1d, "digits": digits, "synthetic": synthetic, "cifar10": cifar10}
+
+
+def load_task(spec: str, data_dir: str | None = None) -> Task:
+    """A built-in task by name, or a user task `"package.module:function"` (imports and runs user
+    code: a sweep config is trusted input). Built-ins that read files get `data_dir`."""
+    import importlib
+    import inspect
+
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"Expected task {spec!r} to name an importable function "
+                             f"'package.module:function', but {e}") from None
+    elif spec in BUILTIN:
+        factory = BUILTIN[spec]
+    else:
+        raise ValueError(f"Expected task to be one of {', '.join(map(repr, BUILTIN))} or "
+                         f"'package.module:function', but got {spec!r}")
+    kwargs = {"data_dir": data_dir} if "data_dir" in inspect.signature(factory).parameters else {}
+    task = factory(**kwargs)
+    if not isinstance(task, Task):
+        raise ValueError(f"Expected task {spec!r} to return a trainables.tasks.Task, but got "
+                         f"{type(task).__name__}")
+    return task

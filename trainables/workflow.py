@@ -61,6 +61,14 @@ def get_task(name: str, **kwargs) -> Task:
     return BUILTIN[name](**kwargs)
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision on CUDA: bf16 where the GPU has it (no loss scaling needed), else fp16
+    with a GradScaler; full precision on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, batch_size: int = 1000) -> tuple[float, float]:
     model.eval()
@@ -92,10 +100,11 @@ class Run:
         self.optimizer = build_optimizer(w["optimizer"], self.model.parameters(), start_lr,
                                          w.get("weight_decay", 0.0), w.get("momentum", 0.9))
         self.steps_per_epoch = task.steps_per_epoch(self.batch_size)
-        params = {k: w[k] for k in SCHEDULE_PARAMS if w.get(k) is not None}
-        self.scheduler = build_schedule(w["schedule"], self.optimizer,
-                                        self.epochs * self.steps_per_epoch, **params)
+        self.scheduler = build_schedule(w["schedule"], self.optimizer, self.epochs * self.steps_per_epoch,
+                                        **{k: w[k] for k in SCHEDULE_PARAMS if w.get(k) is not None})
         self.generator = torch.Generator().manual_seed(int(w.get("seed", 0)))
+        self.amp = amp_dtype(self.device) if w.get("amp", True) else None
+        self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
         self.epoch = 0
 
     def train_epoch(self) -> dict:
@@ -104,11 +113,13 @@ class Run:
         group = self.optimizer.param_groups[0]
         lr, momentum = group["lr"], _momentum(group)
         for x, y in self.task.batches(self.batch_size, self.generator):
-            loss = self.task.loss_fn(self.model(x), y)
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                loss = self.task.loss_fn(self.model(x), y)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
             lr, momentum = group["lr"], _momentum(group)  # what this step uses
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.scheduler.step()
             total += loss.detach()
             n += 1
@@ -126,16 +137,37 @@ class Run:
 
     def state_dict(self) -> dict:
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                    scheduler=self.scheduler.state_dict(), generator=self.generator.get_state(),
+                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                    generator=self.generator.get_state(),
                     torch_rng=torch.get_rng_state(), epoch=self.epoch, workflow=self.workflow)
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch = state["epoch"]
+
+
+def schedule_trace(workflow: dict, steps_per_epoch: int) -> tuple[list[float], list[float]]:
+    """The LR and momentum/β1 a workflow's schedule gives at every step (for plots), from the same
+    builders the training uses, on a throwaway parameter."""
+    w = workflow
+    p = [nn.Parameter(torch.zeros(1))]
+    opt = build_optimizer(w["optimizer"], p, w.get("lr") or w.get("max_lr") or 1e-3,
+                          w.get("weight_decay", 0.0), w.get("momentum", 0.9))
+    total = int(w["epochs"]) * steps_per_epoch
+    sched = build_schedule(w["schedule"], opt, total,
+                           **{k: w[k] for k in SCHEDULE_PARAMS if w.get(k) is not None})
+    lrs, moms = [], []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        moms.append(_momentum(opt.param_groups[0]))
+        opt.step()
+        sched.step()
+    return lrs, moms
 
 
 def _momentum(group: dict) -> float:

@@ -1,6 +1,7 @@
 """The `lrtune` command line: argument parsing, exit codes, printing. Work is delegated.
 
-Exit codes: 0 success; 1 the range test refused (its diagnosis says why); 2 bad input.
+Exit codes: 0 success; 1 the range test refused (its diagnosis says why); 2 bad input (a config
+error names the key, the rule and the value, and nothing has started).
 """
 
 from __future__ import annotations
@@ -60,6 +61,17 @@ def _range_test(args: argparse.Namespace) -> int:
     return 0 if s is not None else EXIT_REFUSED
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .config import load
+
+    cfg = load(args.config)  # a ConfigError (exit 2) before Ray starts
+    from .sweep import print_summary, run_sweep  # Ray and MLflow load only for a valid config
+
+    result = run_sweep(cfg, verbose=args.verbose)
+    print_summary(result, cfg)
+    return 0
+
+
 def _json_float(v: float):
     return v if v == v and abs(v) != float("inf") else None
 
@@ -83,6 +95,11 @@ def parser() -> argparse.ArgumentParser:
     rt.add_argument("--plot", metavar="PNG", help="save the curve with regions and suggestion")
     rt.add_argument("--json", action="store_true", help="print the result as JSON")
     rt.set_defaults(run=_range_test)
+    sw = sub.add_parser("sweep", help="run a sweep from a YAML config (see examples/)")
+    sw.add_argument("config", help="YAML config, e.g. examples/mnist1d.yaml")
+    sw.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                    help="Ray Tune's progress output (0 silent, 1 trial table, 2 every result)")
+    sw.set_defaults(run=_sweep)
     return p
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, CyclicLR, OneCycleLR
 
-from schedules import constant, cyclic, one_cycle, sgdr, sgdr_total_steps
+from schedules import constant, cyclic, one_cycle, sgdr, sgdr_plans, sgdr_total_steps
 
 
 def _opt(kind="sgd", lr=0.1):
@@ -172,3 +172,12 @@ def test_cycle_momentum_needs_momentum_or_betas():
     with pytest.raises(ValueError, match="Expected optimizer to have 'momentum' or 'betas'.*Adagrad"):
         one_cycle(opt, 0.1, 10)
     one_cycle(opt, 0.1, 10, cycle_momentum=False)
+
+
+def test_sgdr_plans_end_exactly_at_the_budget():
+    plans = sgdr_plans(800, T_mults=(1, 2, 3), max_restarts=5)
+    assert (800, 1, 1) in plans and (160, 1, 5) in plans and (200, 3, 2) in plans
+    assert all(sgdr_total_steps(T_0, T_mult, n) == 800 for T_0, T_mult, n in plans)
+    assert (100, 2, 3) not in plans  # 100 + 200 + 400 = 700: would stop mid-cycle
+    lrs = _lrs(lambda o: sgdr(o, 200, 3), 801)
+    assert lrs[200] == pytest.approx(0.1) and lrs[799] < 1e-5  # last step at the minimum

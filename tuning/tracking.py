@@ -1,0 +1,128 @@
+"""MLflow: a parent run per sweep, one nested run per trial (and, later, per range test). The only
+module that imports MLflow. Only the driver writes, so a sqlite store needs no server.
+
+Trial runs are opened and fed by a Ray Tune callback; a trial that restarts from a checkpoint keeps
+its run (no duplicate), and each run ends with a `status` tag: finished, diverged, stopped or failed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+PARENT_TAG = "mlflow.parentRunId"
+METRICS = ("train_loss", "val_loss", "accuracy", "r2", "lr", "momentum", "epoch_time")
+HIDDEN = {"task", "data_dir", "threads", "gpu"}  # constants logged once on the parent
+
+
+class Sweep:
+    """The parent run of one sweep."""
+
+    def __init__(self, uri: str, experiment: str, name: str, config: dict):
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={"lrtune.kind": "sweep", "lrtune.sweep": name})
+        self.run_id = run.info.run_id
+        flat = _flatten(config)
+        self.client.log_batch(self.run_id, params=[Param(k, _short(v)) for k, v in flat.items()])
+        self.client.log_text(self.run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+
+    def end(self, status: str = "FINISHED", **summary) -> None:
+        if summary:
+            self.client.log_dict(self.run_id, summary, "summary.json")
+        self.client.set_terminated(self.run_id, status)
+
+    def trial_runs(self) -> list:
+        return self.client.search_runs([self.experiment_id],
+                                       filter_string=f"tags.`{PARENT_TAG}` = '{self.run_id}'",
+                                       max_results=10_000)
+
+
+class TrialRuns(tune.Callback):
+    """Ray Tune callback: one nested MLflow run per trial, metrics at step=epoch."""
+
+    def __init__(self, sweep: Sweep, plot_schedule=None):
+        self.sweep, self.client = sweep, sweep.client
+        self.plot_schedule = plot_schedule  # workflow config -> PNG path, or None
+        self.runs: dict[str, str] = {}
+        self.last: dict[str, dict] = {}
+
+    def _run_id(self, trial) -> str:
+        if trial.trial_id not in self.runs:
+            cfg = trial.config
+            run = self.client.create_run(
+                self.sweep.experiment_id, run_name=f"{cfg.get('optimizer')}-{cfg.get('schedule')}-{trial.trial_id}",
+                tags={PARENT_TAG: self.sweep.run_id, "lrtune.kind": "trial", "lrtune.trial_id": trial.trial_id,
+                      "optimizer": str(cfg.get("optimizer")), "schedule": str(cfg.get("schedule")),
+                      "status": "running"})
+            self.runs[trial.trial_id] = run.info.run_id
+            params = [Param(k, _short(v)) for k, v in sorted(cfg.items()) if k not in HIDDEN]
+            self.client.log_batch(run.info.run_id, params=params)
+        return self.runs[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run_id(trial)
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        self.client.set_tag(self._run_id(trial), "lrtune.restored", "true")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._run_id(trial)
+        self.last[trial.trial_id] = result
+        now, step = int(time.time() * 1000), int(result.get("epoch", result.get("training_iteration", 0)))
+        metrics = [Metric(k, float(result[k]), now, step) for k in METRICS
+                   if k in result and isinstance(result[k], (int, float)) and math.isfinite(result[k])]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = self.last.get(trial.trial_id, {})
+        status = last.get("status", "finished")
+        if status == "running":  # ended before its last epoch without diverging: a scheduler stopped it
+            status = "stopped"
+        self._end(trial, status, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "failed", "FAILED")
+
+    def _end(self, trial, status: str, mlflow_status: str) -> None:
+        run_id = self._run_id(trial)
+        last = self.last.get(trial.trial_id, {})
+        self.client.log_batch(run_id, tags=[RunTag("status", status)],
+                              metrics=[Metric("epochs_run", float(last.get("epoch", 0)), int(time.time() * 1000), 0)])
+        if self.plot_schedule is not None:
+            with tempfile.TemporaryDirectory() as d:
+                path = self.plot_schedule(trial.config, str(Path(d) / "lr_schedule.png"))
+                if path:
+                    self.client.log_artifact(run_id, path)
+        self.client.set_terminated(run_id, mlflow_status)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _short(v) -> str:
+    s = v if isinstance(v, str) else json.dumps(v)
+    return s[:6000]
+
+
+def ui_command(uri: str) -> str:
+    return f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
