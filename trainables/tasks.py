@@ -9,7 +9,9 @@ shuffled tensors, not a DataLoader.
 from __future__ import annotations
 
 import functools
+import os
 import random
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -109,8 +111,17 @@ def mlp(inputs: int, hidden: int, outputs: int, depth: int = 2) -> nn.Sequential
     return nn.Sequential(*layers, nn.Linear(width, outputs))
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("LRTUNE_CACHE", Path.home() / ".cache" / "lrtune"))
+
+
 @functools.lru_cache(maxsize=4)
 def _mnist1d_arrays(seed: int) -> tuple[np.ndarray, ...]:
+    """Generated once per seed (2 s), then read from the cache folder by every trial process."""
+    path = cache_dir() / f"mnist1d-seed{seed}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return z["x"], z["y"], z["x_test"], z["y_test"]
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
@@ -122,7 +133,12 @@ def _mnist1d_arrays(seed: int) -> tuple[np.ndarray, ...]:
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-    return data["x"], data["y"], data["x_test"], data["y_test"]
+    arrays = data["x"], data["y"], data["x_test"], data["y_test"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, x=arrays[0], y=arrays[1], x_test=arrays[2], y_test=arrays[3])
+    os.replace(tmp, path)  # atomic: parallel trials never read a half-written file
+    return arrays
 
 
 def mnist1d(seed: int = 42) -> Task:

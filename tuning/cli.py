@@ -21,10 +21,11 @@ class UsageError(ValueError):
 
 def _range_test(args: argparse.Namespace) -> int:
     from schedules import range_test
-    from trainables.workflow import OPTIMIZERS, build_optimizer, get_task
+    from trainables.tasks import load_task
+    from trainables.workflow import OPTIMIZERS, build_optimizer
 
     torch.set_num_threads(args.threads)
-    task = get_task(args.task)
+    task = load_task(args.task, args.data_dir)
     model_name = args.model or next(iter(task.models))
     if model_name not in task.models:
         raise UsageError(f"--model: task {args.task!r} offers {', '.join(task.models)}, "
@@ -81,7 +82,9 @@ def parser() -> argparse.ArgumentParser:
                                 "hyperparameter sweeps (Optuna + Ray Tune + MLflow).")
     sub = p.add_subparsers(dest="command", required=True)
     rt = sub.add_parser("range-test", help="run an LR range test on a built-in task and read it")
-    rt.add_argument("--task", default="mnist1d", help="built-in task: mnist1d, digits, synthetic")
+    rt.add_argument("--task", default="mnist1d",
+                    help="built-in task (mnist1d, digits, synthetic, cifar10) or package.module:function")
+    rt.add_argument("--data-dir", default=None, help="folder of a task's local files (cifar10)")
     rt.add_argument("--model", default=None, help="a model the task offers (default: its first)")
     rt.add_argument("--optimizer", default="adamw", help="adamw, sgdw, adam (L2), sgd (L2)")
     rt.add_argument("--weight-decay", type=float, default=0.0)

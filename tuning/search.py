@@ -80,4 +80,4 @@ def searcher(cfg: SweepConfig, metric: str, study_name: str, steps_per_epoch: in
                                                 constants=constants),
                         metric=metric, mode="max", sampler=sampler, storage=storage,
                         study_name=study_name,
-                        points_to_evaluate=start_points(cfg, steps_per_epoch))
+                        points_to_evaluate=start_points(cfg, steps_per_epoch)[:cfg.search.num_samples])

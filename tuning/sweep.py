@@ -54,6 +54,9 @@ def _abs(path: str | None) -> str | None:
 
 
 def init_ray(address: str | None = None) -> None:
+    # Keeping one checkpoint per trial makes Tune snapshot its (small, local) experiment state
+    # after every report and warn about it each time; the snapshot costs milliseconds here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
     # Tune runs trials in their own directories; user task modules must stay importable there.
@@ -101,7 +104,8 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1) -> SweepResult:
             sweep.end(status)
 
 
-def print_summary(result: SweepResult, cfg: SweepConfig, out=sys.stdout) -> None:
+def print_summary(result: SweepResult, cfg: SweepConfig, out=None) -> None:
+    out = out or sys.stdout
     m = result.metric
     print(f"\nsweep {result.name}: {len(result.trials)} trials in {result.wall_time:.0f} s "
           f"(MLflow parent run {result.parent_run_id})", file=out)

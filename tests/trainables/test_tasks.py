@@ -8,7 +8,10 @@ from trainables.tasks import digits, mnist1d, synthetic
 from trainables.workflow import build_optimizer, build_schedule, fit
 
 
-def test_mnist1d_leaves_global_rngs_alone():
+def test_mnist1d_leaves_global_rngs_alone(tmp_path, monkeypatch):
+    from trainables.tasks import _mnist1d_arrays
+    _mnist1d_arrays.cache_clear()
+    monkeypatch.setenv("LRTUNE_CACHE", str(tmp_path))  # force a real make_dataset run
     random.seed(123)
     np.random.seed(123)
     expected = (random.random(), np.random.rand())
@@ -18,6 +21,11 @@ def test_mnist1d_leaves_global_rngs_alone():
     assert (random.random(), np.random.rand()) == expected
     assert task.train[0].shape == (4000, 40) and task.val[0].shape == (1000, 40)
     assert set(task.train[1].tolist()) == set(range(10))
+    assert (tmp_path / "mnist1d-seed7.npz").is_file()
+    from trainables.tasks import _mnist1d_arrays
+    _mnist1d_arrays.cache_clear()
+    again = mnist1d(seed=7)  # from the file
+    assert torch.equal(again.train[0], task.train[0]) and torch.equal(again.val[1], task.val[1])
 
 
 def test_tasks_are_deterministic_and_shaped():

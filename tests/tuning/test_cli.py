@@ -29,7 +29,8 @@ def test_range_test_refusal_exits_1_with_the_diagnosis(capsys):
 
 @pytest.mark.parametrize("argv,needle", [
     (["--optimizer", "adamx"], "--optimizer: expected one of adamw, sgdw, adam, sgd, got 'adamx'"),
-    (["--task", "imagenet"], "Expected task to be one of 'mnist1d', 'digits', 'synthetic', but got 'imagenet'"),
+    (["--task", "imagenet"], "Expected task to be one of 'mnist1d', 'digits', 'synthetic', 'cifar10' "
+                             "or 'package.module:function', but got 'imagenet'"),
     (["--task", "digits", "--model", "gru"], "--model: task 'digits' offers mlp, cnn, not 'gru'"),
     (["--task", "digits", "--num-iter", "3"], "Expected num_iter to be at least 10, but got 3"),
     (["--task", "digits", "--weight-decay", "-1"], "Expected weight_decay to be a non-negative"),

@@ -1,0 +1,130 @@
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tuning.cli import main
+from tuning.config import ConfigError, load, parse
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path, cfg: dict) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _local(cfg: dict, tmp_path) -> dict:
+    cfg = dict(cfg)
+    cfg["tracking"] = dict(mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment=cfg.get("name", "t"),
+                           optuna_storage=f"sqlite:///{tmp_path}/optuna.db")
+    cfg["storage_path"] = str(tmp_path / "ray_results")
+    return cfg
+
+
+def _runs(tmp_path, experiment):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("lrtune.kind") == "sweep"]
+    trials = [r for r in runs if r.data.tags.get("lrtune.kind") == "trial"]
+    return client, parents, trials
+
+
+def test_smoke_sweep_end_to_end_run_tree(ray_session, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = _local(yaml.safe_load((ROOT / "examples" / "smoke.yaml").read_text()), tmp_path)
+    assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "mlflow ui --backend-store-uri sqlite:///" in out and "rank" in out
+
+    client, parents, trials = _runs(tmp_path, "smoke")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.params["epochs"] == "2" and parent.data.params["task"] == "digits"
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["config.yaml", "summary.json"]
+    assert len(trials) == cfg["search"]["num_samples"]
+    for t in trials:
+        assert t.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert t.info.status == "FINISHED" and t.data.tags["status"] == "finished"
+        assert t.data.tags["optimizer"] == t.data.params["optimizer"] in ("adamw", "sgdw")
+        assert t.data.tags["schedule"] == t.data.params["schedule"]
+        history = client.get_metric_history(t.info.run_id, "accuracy")
+        assert sorted(m.step for m in history) == [1, 2]
+        for key in ("train_loss", "val_loss", "lr", "momentum", "epoch_time"):
+            assert len(client.get_metric_history(t.info.run_id, key)) == 2, key
+        assert [a.path for a in client.list_artifacts(t.info.run_id)] == ["lr_schedule.png"]
+    # the four warm-start points of the first optimizer cover the four schedules
+    assert {t.data.tags["schedule"] for t in trials} == {"one_cycle", "cyclic", "sgdr", "constant"}
+    assert max(t.data.metrics["accuracy"] for t in trials) > 0.8
+    # the Optuna study is in the sqlite file, named after the sweep, for optuna-dashboard
+    import optuna
+    studies = optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/optuna.db")
+    assert [s.study_name for s in studies] == [parent.info.run_name]
+    study = optuna.load_study(study_name=studies[0].study_name, storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * len(trials)
+    assert sorted(t.value for t in study.trials) == sorted(t.data.metrics["accuracy"] for t in trials)
+
+
+def test_user_task_runs_and_a_diverged_trial_is_recorded(ray_session, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _local(dict(name="fragile", task="tests.tuning.user_tasks:fragile", epochs=3, batch_size=50,
+                      optimizers=["adamw", "sgdw"], schedules=["constant"],
+                      search=dict(num_samples=2, max_concurrent=2)), tmp_path)
+    assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
+    client, parents, trials = _runs(tmp_path, "fragile")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    by_opt = {t.data.tags["optimizer"]: t for t in trials}
+    assert by_opt.keys() == {"adamw", "sgdw"}
+    assert by_opt["sgdw"].data.tags["status"] == "diverged"  # lr 0.05 on a x100 output
+    assert by_opt["sgdw"].data.metrics["epochs_run"] == 1
+    assert by_opt["adamw"].data.tags["status"] == "finished"  # the user task trained to the end
+    assert by_opt["adamw"].data.metrics["epochs_run"] == 3
+    assert math.isfinite(by_opt["adamw"].data.metrics["r2"])
+
+
+@pytest.mark.parametrize("cfg,needle", [
+    (dict(epochs=0), "epochs: Input should be greater than or equal to 1 (got 0)"),
+    (dict(search=dict(max_concurrent=-1)), "search.max_concurrent: Input should be greater than or equal to 1 (got -1)"),
+    (dict(schedules=["one_cycle", "step"]), "schedules.1: Input should be 'one_cycle', 'cyclic', 'sgdr' or 'constant' (got 'step')"),
+    (dict(optimizers=["adamw", "lamb"]), "optimizers.1: Input should be 'adamw', 'sgdw', 'adam' or 'sgd' (got 'lamb')"),
+    (dict(epoch=20), "epoch: unknown key (value 20); allowed here: name, task, model"),
+    (dict(search=dict(samples=3)), "search.samples: unknown key (value 3); allowed here: algorithm, num_samples"),
+    (dict(batch_size="big"), "batch_size: Input should be a valid integer"),
+    (dict(resources=dict(gpu=1.5)), "resources.gpu: a fraction (<= 1, packs several trials per GPU) or a whole number of GPUs (got 1.5)"),
+    (dict(range_test=dict(start_lr=1.0, end_lr=0.1)), "range_test: end_lr must be > start_lr=1.0 (got {"),
+    (dict(task="imagenet"), "task: a built-in task (mnist1d, digits, synthetic, cifar10) or 'package.module:function' (got 'imagenet')"),
+    (dict(task="tests.tuning.user_tasks:nope"), "task: Expected task 'tests.tuning.user_tasks:nope' to name an importable function"),
+    (dict(task="tests.tuning.user_tasks:not_a_task"), "to return a trainables.tasks.Task, but got dict"),
+    (dict(task="digits", model="resnet"), "model: task 'digits' offers mlp, cnn, not 'resnet'"),
+    (dict(task="cifar10"), "Expected data_dir for task cifar10"),
+])
+def test_config_errors_exit_2_naming_the_key_before_anything_starts(cfg, needle, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", str(_write(tmp_path, _local(cfg, tmp_path)))])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]  # no stores, no results
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load(bad)
+
+
+def test_examples_are_valid_configs():
+    for path in (ROOT / "examples").glob("*.yaml"):
+        load(path)
+    assert parse({}).search.max_concurrent == 2
