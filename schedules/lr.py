@@ -45,6 +45,9 @@ def one_cycle(optimizer: Optimizer, max_lr: float, total_steps: int, pct_start: 
     positive("max_lr", max_lr)
     positive_int("total_steps", total_steps)
     in_range("pct_start", pct_start, 0.0, 1.0, closed="()")
+    # torch divides by the warm-up length pct_start*total_steps - 1
+    require(pct_start * total_steps > 1, "total_steps", f"> 1/pct_start = {1 / pct_start:g} "
+            "(the warm-up needs at least two steps)", total_steps)
     positive("div_factor", div_factor)
     positive("final_div_factor", final_div_factor)
     one_of("anneal_strategy", anneal_strategy, ("cos", "linear"))

@@ -97,20 +97,22 @@ def default_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
 
 
 def _cycle(batches: Iterable):
-    """Endless batches: the iterable is iterated again when it ends (a loader reshuffles); a
-    one-shot iterator is replayed from what it yielded."""
-    seen = []
-    for batch in batches:
-        seen.append(batch)
-        yield batch
+    """Endless batches: a re-iterable (a loader) is iterated again when it ends, so it reshuffles;
+    only a one-shot iterator is replayed from memory."""
+    if iter(batches) is batches:
+        seen = []
+        for batch in batches:
+            seen.append(batch)
+            yield batch
+        require(bool(seen), "batches", "to yield at least one (inputs, targets) batch", batches)
+        while True:
+            yield from seen
     while True:
         fresh = False
         for batch in batches:
             fresh = True
             yield batch
-        if not fresh:
-            require(bool(seen), "batches", "to yield at least one (inputs, targets) batch", batches)
-            yield from seen
+        require(fresh, "batches", "to yield at least one (inputs, targets) batch", batches)
 
 
 def _lr_at(i: int, num_iter: int, start_lr: float, end_lr: float, step_mode: str) -> float:
@@ -196,7 +198,7 @@ def _gaps(loss: np.ndarray) -> int:
     if not len(finite_idx):
         return 0
     count, last = 0, math.nan
-    for i, v in enumerate(loss[:finite_idx[-1]]):
+    for v in loss[:finite_idx[-1]]:
         if math.isfinite(v):
             last = v
         elif math.isfinite(last) and last <= 2 * abs(start):

@@ -81,6 +81,10 @@ def evaluate(model: nn.Module, task: Task, batch_size: int = 1000) -> tuple[floa
     return task.loss_fn(out, y).item(), task.metric(out, y)
 
 
+# A trial whose epoch train loss passes this multiple of its first batch's loss (the untrained,
+# chance-level loss) has exploded: it is ended as diverged, like a NaN/inf loss.
+EXPLODE_FACTOR = 3.0
+
 SCHEDULE_PARAMS = ("max_lr", "base_lr", "step_size_up", "mode", "gamma", "T_0", "T_mult",
                    "eta_min", "warmup_steps", "pct_start", "div_factor", "final_div_factor",
                    "base_momentum", "max_momentum")
@@ -106,6 +110,7 @@ class Run:
         self.amp = amp_dtype(self.device) if w.get("amp", True) else None
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
         self.epoch = 0
+        self.initial_loss: float | None = None
 
     def train_epoch(self) -> dict:
         """One epoch; returns its metrics. `diverged` is True when a loss was not finite."""
@@ -115,6 +120,8 @@ class Run:
         for x, y in self.task.batches(self.batch_size, self.generator):
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 loss = self.task.loss_fn(self.model(x), y)
+            if self.initial_loss is None:
+                self.initial_loss = loss.item()
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             lr, momentum = group["lr"], _momentum(group)  # what this step uses
@@ -128,8 +135,12 @@ class Run:
         val_loss, metric = evaluate(self.model, self.task)
         return dict(epoch=self.epoch, train_loss=train_loss, val_loss=val_loss,
                     **{self.task.metric_name: metric}, lr=lr, momentum=momentum,
-                    epoch_time=time.perf_counter() - t0,
-                    diverged=not (math.isfinite(train_loss) and math.isfinite(val_loss)))
+                    epoch_time=time.perf_counter() - t0, diverged=self._diverged(train_loss, val_loss))
+
+    def _diverged(self, train_loss: float, val_loss: float) -> bool:
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            return True
+        return train_loss > EXPLODE_FACTOR * abs(self.initial_loss)
 
     @property
     def done(self) -> bool:
@@ -139,7 +150,8 @@ class Run:
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                     generator=self.generator.get_state(),
-                    torch_rng=torch.get_rng_state(), epoch=self.epoch, workflow=self.workflow)
+                    torch_rng=torch.get_rng_state(), epoch=self.epoch, initial_loss=self.initial_loss,
+                    workflow=self.workflow)
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -149,6 +161,7 @@ class Run:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch = state["epoch"]
+        self.initial_loss = state["initial_loss"]
 
 
 def schedule_trace(workflow: dict, steps_per_epoch: int) -> tuple[list[float], list[float]]:

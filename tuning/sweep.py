@@ -31,6 +31,7 @@ class SweepResult:
     metric: str
     trials: list[dict]  # one per trial: config, last result, status
     wall_time: float
+    started_at: float  # time.time() when the sweep began (trial timestamps are on that clock)
 
     def best(self, n: int = 5) -> list[dict]:
         done = [t for t in self.trials if t["result"].get(self.metric) is not None]
@@ -46,6 +47,10 @@ def prepare(cfg: SweepConfig):
     model = cfg.model or next(iter(task.models))
     if model not in task.models:
         raise ConfigError(f"model: task {cfg.task!r} offers {', '.join(task.models)}, not {model!r}")
+    total = cfg.epochs * task.steps_per_epoch(cfg.batch_size)
+    if "one_cycle" in cfg.schedules and 0.25 * total <= 1:
+        raise ConfigError(f"epochs: one_cycle needs more than 4 steps in all (its warm-up is a quarter "
+                          f"of them); epochs={cfg.epochs} x {total // cfg.epochs} steps gives {total}")
     return task, model
 
 
@@ -74,24 +79,27 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1) -> SweepResult:
                      gpu=cfg.resources.gpu, seed=cfg.seed)
     init_ray()
     sweep = tracking.Sweep(cfg.tracking.mlflow_uri, cfg.tracking.experiment, name, cfg.model_dump())
+    trial_runs = tracking.TrialRuns(sweep, functools.partial(plot_schedule, steps_per_epoch=steps))
     status = "FAILED"
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), time.time()
     try:
         tuner = tune.Tuner(
             tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}),
             tune_config=tune.TuneConfig(
                 search_alg=search.searcher(cfg, task.metric_name, name, steps, constants),
-                num_samples=cfg.search.num_samples, max_concurrent_trials=cfg.search.max_concurrent),
+                num_samples=cfg.search.num_samples, max_concurrent_trials=cfg.search.max_concurrent,
+                reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
             run_config=tune.RunConfig(
                 name=name, storage_path=_abs(cfg.storage_path or "ray_results"), verbose=verbose,
-                callbacks=[tracking.TrialRuns(sweep, functools.partial(plot_schedule, steps_per_epoch=steps))],
+                callbacks=[trial_runs],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=2)))
         grid = tuner.fit()
+        trial_runs.close()
         trials = [dict(trial_id=r.metrics.get("trial_id"), config=r.config, result=r.metrics,
                        error=str(r.error) if r.error else None) for r in grid]
         status = "FINISHED"
-        result = SweepResult(name, sweep.run_id, task.metric_name, trials, time.perf_counter() - t0)
+        result = SweepResult(name, sweep.run_id, task.metric_name, trials, time.perf_counter() - t0, started_at)
         best = result.best(1)
         sweep.end(status, best_metric=best[0]["result"][task.metric_name] if best else None,
                   trials=len(trials), wall_time=result.wall_time)
@@ -101,7 +109,10 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1) -> SweepResult:
         raise
     finally:
         if status != "FINISHED":
-            sweep.end(status)
+            try:
+                trial_runs.close()
+            finally:
+                sweep.end(status)
 
 
 def print_summary(result: SweepResult, cfg: SweepConfig, out=None) -> None:

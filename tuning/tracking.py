@@ -11,6 +11,7 @@ import json
 import math
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -49,63 +50,93 @@ class Sweep:
 
 
 class TrialRuns(tune.Callback):
-    """Ray Tune callback: one nested MLflow run per trial, metrics at step=epoch."""
+    """Ray Tune callback: one nested MLflow run per trial, metrics at step=epoch.
+
+    Every MLflow call runs, in order, on one background thread: Tune's trial loop (which each
+    trial's synchronous `tune.report` waits on) only enqueues. `close()` waits for the queue and
+    re-raises the first logging error; the sweep calls it whatever happens.
+    """
 
     def __init__(self, sweep: Sweep, plot_schedule=None):
         self.sweep, self.client = sweep, sweep.client
-        self.plot_schedule = plot_schedule  # workflow config -> PNG path, or None
-        self.runs: dict[str, str] = {}
+        self.plot_schedule = plot_schedule  # (workflow config, path) -> path
+        self.runs: dict[str, str] = {}  # touched on the logging thread only
         self.last: dict[str, dict] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtune-mlflow")
+        self._pending: list[Future] = []
 
-    def _run_id(self, trial) -> str:
-        if trial.trial_id not in self.runs:
-            cfg = trial.config
+    def __getstate__(self):  # Tune pickles callbacks with its experiment state; a pool cannot be
+        state = dict(self.__dict__)
+        del state["_pool"], state["_pending"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtune-mlflow")
+        self._pending = []
+
+    def _later(self, fn, *args) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def _run_id(self, trial_id: str, cfg: dict) -> str:
+        if trial_id not in self.runs:
             run = self.client.create_run(
-                self.sweep.experiment_id, run_name=f"{cfg.get('optimizer')}-{cfg.get('schedule')}-{trial.trial_id}",
-                tags={PARENT_TAG: self.sweep.run_id, "lrtune.kind": "trial", "lrtune.trial_id": trial.trial_id,
+                self.sweep.experiment_id, run_name=f"{cfg.get('optimizer')}-{cfg.get('schedule')}-{trial_id}",
+                tags={PARENT_TAG: self.sweep.run_id, "lrtune.kind": "trial", "lrtune.trial_id": trial_id,
                       "optimizer": str(cfg.get("optimizer")), "schedule": str(cfg.get("schedule")),
                       "status": "running"})
-            self.runs[trial.trial_id] = run.info.run_id
+            self.runs[trial_id] = run.info.run_id
             params = [Param(k, _short(v)) for k, v in sorted(cfg.items()) if k not in HIDDEN]
             self.client.log_batch(run.info.run_id, params=params)
-        return self.runs[trial.trial_id]
+        return self.runs[trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run_id(trial)
+        self._later(self._run_id, trial.trial_id, dict(trial.config))
 
     def on_trial_restore(self, iteration, trials, trial, **info):
-        self.client.set_tag(self._run_id(trial), "lrtune.restored", "true")
+        self._later(self._tag_restored, trial.trial_id, dict(trial.config))
+
+    def _tag_restored(self, trial_id: str, cfg: dict) -> None:
+        self.client.set_tag(self._run_id(trial_id, cfg), "lrtune.restored", "true")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self._run_id(trial)
         self.last[trial.trial_id] = result
         now, step = int(time.time() * 1000), int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = [Metric(k, float(result[k]), now, step) for k in METRICS
                    if k in result and isinstance(result[k], (int, float)) and math.isfinite(result[k])]
         if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
+            self._later(self._log_metrics, trial.trial_id, dict(trial.config), metrics)
+
+    def _log_metrics(self, trial_id: str, cfg: dict, metrics: list) -> None:
+        self.client.log_batch(self._run_id(trial_id, cfg), metrics=metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = self.last.get(trial.trial_id, {})
-        status = last.get("status", "finished")
+        status = self.last.get(trial.trial_id, {}).get("status", "finished")
         if status == "running":  # ended before its last epoch without diverging: a scheduler stopped it
             status = "stopped"
-        self._end(trial, status, "FINISHED")
+        self._later(self._end, trial.trial_id, dict(trial.config), status, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "failed", "FAILED")
+        self._later(self._end, trial.trial_id, dict(trial.config), "failed", "FAILED")
 
-    def _end(self, trial, status: str, mlflow_status: str) -> None:
-        run_id = self._run_id(trial)
-        last = self.last.get(trial.trial_id, {})
+    def _end(self, trial_id: str, cfg: dict, status: str, mlflow_status: str) -> None:
+        run_id = self._run_id(trial_id, cfg)
+        epochs = float(self.last.get(trial_id, {}).get("epoch", 0))
         self.client.log_batch(run_id, tags=[RunTag("status", status)],
-                              metrics=[Metric("epochs_run", float(last.get("epoch", 0)), int(time.time() * 1000), 0)])
+                              metrics=[Metric("epochs_run", epochs, int(time.time() * 1000), 0)])
         if self.plot_schedule is not None:
             with tempfile.TemporaryDirectory() as d:
-                path = self.plot_schedule(trial.config, str(Path(d) / "lr_schedule.png"))
-                if path:
-                    self.client.log_artifact(run_id, path)
+                self.client.log_artifact(run_id, self.plot_schedule(cfg, str(Path(d) / "lr_schedule.png")))
         self.client.set_terminated(run_id, mlflow_status)
+
+    def on_experiment_end(self, trials, **info):
+        self.close()
+
+    def close(self) -> None:
+        pending, self._pending = self._pending, []
+        errors = [f.exception() for f in pending if f.exception() is not None]
+        if errors:
+            raise RuntimeError(f"{len(errors)} MLflow logging call(s) failed; first: {errors[0]!r}") from errors[0]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -154,6 +154,7 @@ def test_state_dict_resume_equals_run_through(name, kind):
     (lambda o: one_cycle(o, 0.1, 100, pct_start=1.5), "Expected pct_start in (0.0, 1.0), but got 1.5"),
     (lambda o: one_cycle(o, -0.1, 100), "Expected max_lr to be a positive finite number, but got -0.1"),
     (lambda o: one_cycle(o, 0.1, 0), "Expected total_steps to be a positive integer, but got 0"),
+    (lambda o: one_cycle(o, 0.1, 4), "Expected total_steps > 1/pct_start = 4 (the warm-up needs at least two steps), but got 4"),
     (lambda o: one_cycle(o, 0.1, 10, base_momentum=0.99),
      "Expected base_momentum <= max_momentum=0.95, but got 0.99"),
     (lambda o: cyclic(o, 0.2, 0.1, 5), "Expected base_lr < max_lr=0.1, but got 0.2"),

@@ -1,3 +1,4 @@
+import math
 import random
 
 import numpy as np
@@ -72,3 +73,16 @@ def test_build_schedule_rejects_unknown_names():
     p = [torch.nn.Parameter(torch.zeros(1))]
     with pytest.raises(ValueError, match="Expected schedule to be one of 'one_cycle', 'cyclic', 'sgdr', 'constant', but got 'step'"):
         build_schedule("step", torch.optim.SGD(p, lr=0.1), 10)
+
+
+def test_exploding_or_non_finite_loss_is_diverged():
+    from trainables.workflow import EXPLODE_FACTOR, Run
+
+    task = synthetic()
+    ok = Run(task, dict(model="mlp", optimizer="adamw", schedule="constant", epochs=1, batch_size=100, lr=1e-3))
+    row = ok.train_epoch()
+    assert not row["diverged"] and row["train_loss"] < ok.initial_loss
+    boom = Run(task, dict(model="mlp", optimizer="sgd", schedule="constant", epochs=3, batch_size=100, lr=5.0))
+    row = boom.train_epoch()
+    assert row["diverged"]
+    assert not math.isfinite(row["train_loss"]) or row["train_loss"] > EXPLODE_FACTOR * boom.initial_loss

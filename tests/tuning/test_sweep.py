@@ -101,6 +101,7 @@ def test_user_task_runs_and_a_diverged_trial_is_recorded(ray_session, tmp_path, 
     (dict(task="tests.tuning.user_tasks:not_a_task"), "to return a trainables.tasks.Task, but got dict"),
     (dict(task="digits", model="resnet"), "model: task 'digits' offers mlp, cnn, not 'resnet'"),
     (dict(task="cifar10"), "Expected data_dir for task cifar10"),
+    (dict(task="digits", epochs=1, batch_size=500), "epochs: one_cycle needs more than 4 steps in all"),
 ])
 def test_config_errors_exit_2_naming_the_key_before_anything_starts(cfg, needle, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

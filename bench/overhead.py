@@ -1,0 +1,100 @@
+"""Framework overhead and parallel throughput of `lrtune sweep`, measured side by side in one run.
+
+1. N trials through the sweep one at a time (Ray Tune + Optuna + MLflow + per-epoch checkpoints)
+   / the same N workflows trained as plain loops in this process  (target <= 1.10 at 20 epochs);
+2. the same N trials two at a time / one at a time, as throughput    (target >= 1.7 on 2 cores).
+Random search with a fixed seed makes the N workflows identical across the runs.
+`python -m bench.overhead [--trials 6] [--epochs 20] [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import save, table
+from trainables.workflow import SCHEDULE_PARAMS, fit, get_task
+from tuning.config import parse
+from tuning.sweep import init_ray, run_sweep
+
+
+def config(tmp: Path, trials: int, epochs: int, concurrent: int, tag: str):
+    return parse(dict(
+        name=f"overhead-{tag}", task="mnist1d", model="cnn", epochs=epochs, batch_size=100,
+        optimizers=["adamw", "sgdw"], schedules=["one_cycle", "sgdr", "constant"],
+        search=dict(algorithm="random", num_samples=trials, max_concurrent=concurrent, seed=0),
+        tracking=dict(mlflow_uri=f"sqlite:///{tmp}/mlflow.db", experiment="overhead",
+                      optuna_storage=f"sqlite:///{tmp}/optuna.db"),
+        storage_path=str(tmp / "ray_results")))
+
+
+def plain(trial_configs: list[dict]) -> float:
+    torch.set_num_threads(1)
+    task = get_task("mnist1d")
+    t0 = time.perf_counter()
+    for c in trial_configs:
+        fit(task, c["model"], c["optimizer"], c["schedule"], c["epochs"], c["batch_size"],
+            seed=c["seed"], lr=c.get("lr"), weight_decay=c["weight_decay"],
+            **{k: c[k] for k in SCHEDULE_PARAMS if c.get(k) is not None and k != "lr"})
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="2 trials of 2 epochs")
+    args = ap.parse_args(argv)
+    trials, epochs = (2, 2) if args.quick else (args.trials, args.epochs)
+    get_task("mnist1d")  # generate and cache the data once, outside every timing
+    t0 = time.perf_counter()
+    init_ray()
+    ray_init = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        one = run_sweep(config(tmp, trials, epochs, 1, "serial"), verbose=0)
+        loops = plain([t["config"] for t in one.trials])
+        two = run_sweep(config(tmp, trials, epochs, 2, "parallel"), verbose=0)
+    same = sorted(map(_key, one.trials)) == sorted(map(_key, two.trials))
+    overhead = one.wall_time / loops
+    speedup = one.wall_time / two.wall_time
+    start, end = _fixed(one)
+    steady = (one.wall_time - start - end) / loops
+    print(table(["measure", "seconds", "ratio", "target"], [
+        [f"{trials} trials x {epochs} epochs, plain loops", f"{loops:.1f}", "", ""],
+        ["same trials through lrtune sweep, 1 at a time", f"{one.wall_time:.1f}", f"{overhead:.3f}", "<= 1.10"],
+        ["  of which: sweep start to first trial running", f"{start:.1f}", "", ""],
+        ["  of which: last trial done to sweep end", f"{end:.1f}", "", ""],
+        ["  the rest (trials and gaps between them)", f"{one.wall_time - start - end:.1f}",
+         f"{steady:.3f}", ""],
+        ["same trials through lrtune sweep, 2 at a time", f"{two.wall_time:.1f}",
+         f"{speedup:.2f}x throughput", ">= 1.7"],
+        ["ray.init (once per session, not in the ratios)", f"{ray_init:.1f}", "", ""],
+    ]))
+    print(f"identical workflows in both sweeps: {same}")
+    save("overhead" + ("_quick" if args.quick else ""), dict(
+        trials=trials, epochs=epochs, plain_s=loops, sweep_serial_s=one.wall_time,
+        sweep_parallel_s=two.wall_time, overhead_ratio=overhead, throughput_ratio=speedup,
+        ray_init_s=ray_init, identical_workflows=same, sweep_start_s=start, sweep_end_s=end,
+        steady_state_ratio=steady))
+
+
+def _fixed(result) -> tuple[float, float]:
+    """Seconds from the sweep's start to its first trial running, and from its last trial's
+    last report to the sweep's end (trial start = last report time - the trial's total time)."""
+    starts = [t["result"]["timestamp"] - t["result"]["time_total_s"] for t in result.trials]
+    ends = [t["result"]["timestamp"] for t in result.trials]
+    return min(starts) - result.started_at, result.started_at + result.wall_time - max(ends)
+
+
+def _key(trial: dict) -> tuple:
+    c = trial["config"]
+    return (c["optimizer"], c["schedule"], round(c.get("lr") or c.get("max_lr"), 12))
+
+
+if __name__ == "__main__":
+    main()
