@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench.common import save, table
@@ -47,40 +48,48 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--quick", action="store_true", help="2 trials of 2 epochs")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="2 trials of 2 epochs, one round")
     args = ap.parse_args(argv)
     trials, epochs = (2, 2) if args.quick else (args.trials, args.epochs)
+    if args.quick:
+        args.rounds = 1
     get_task("mnist1d")  # generate and cache the data once, outside every timing
     t0 = time.perf_counter()
     init_ray()
     ray_init = time.perf_counter() - t0
+    rounds = []
     with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        one = run_sweep(config(tmp, trials, epochs, 1, "serial"), verbose=0)
-        loops = plain([t["config"] for t in one.trials])
-        two = run_sweep(config(tmp, trials, epochs, 2, "parallel"), verbose=0)
-    same = sorted(map(_key, one.trials)) == sorted(map(_key, two.trials))
-    overhead = one.wall_time / loops
-    speedup = one.wall_time / two.wall_time
-    start, end = _fixed(one)
-    steady = (one.wall_time - start - end) / loops
-    print(table(["measure", "seconds", "ratio", "target"], [
-        [f"{trials} trials x {epochs} epochs, plain loops", f"{loops:.1f}", "", ""],
-        ["same trials through lrtune sweep, 1 at a time", f"{one.wall_time:.1f}", f"{overhead:.3f}", "<= 1.10"],
-        ["  of which: sweep start to first trial running", f"{start:.1f}", "", ""],
-        ["  of which: last trial done to sweep end", f"{end:.1f}", "", ""],
-        ["  the rest (trials and gaps between them)", f"{one.wall_time - start - end:.1f}",
-         f"{steady:.3f}", ""],
-        ["same trials through lrtune sweep, 2 at a time", f"{two.wall_time:.1f}",
-         f"{speedup:.2f}x throughput", ">= 1.7"],
-        ["ray.init (once per session, not in the ratios)", f"{ray_init:.1f}", "", ""],
+        for r in range(args.rounds):  # interleaved, so that drift on a noisy machine hits all three
+            tmp = Path(d) / f"round{r}"
+            tmp.mkdir()
+            one = run_sweep(config(tmp, trials, epochs, 1, "serial"), verbose=0)
+            loops = plain([t["config"] for t in one.trials])
+            two = run_sweep(config(tmp, trials, epochs, 2, "parallel"), verbose=0)
+            start, end = _fixed(one)
+            rounds.append(dict(plain_s=loops, sweep_serial_s=one.wall_time, sweep_parallel_s=two.wall_time,
+                               sweep_start_s=start, sweep_end_s=end,
+                               overhead_ratio=one.wall_time / loops,
+                               steady_state_ratio=(one.wall_time - start - end) / loops,
+                               throughput_ratio=one.wall_time / two.wall_time,
+                               identical_workflows=sorted(map(_key, one.trials)) == sorted(map(_key, two.trials))))
+    med = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0] if k != "identical_workflows"}
+    each = lambda k, f: ", ".join(f.format(r[k]) for r in rounds)  # noqa: E731
+    print(table(["measure (median of rounds)", "seconds", "ratio", "each round", "target"], [
+        [f"{trials} trials x {epochs} epochs, plain loops", f"{med['plain_s']:.1f}", "", each("plain_s", "{:.1f}"), ""],
+        ["same trials through lrtune sweep, 1 at a time", f"{med['sweep_serial_s']:.1f}",
+         f"{med['overhead_ratio']:.3f}", each("overhead_ratio", "{:.3f}"), "<= 1.10"],
+        ["  of which: sweep start to first trial running", f"{med['sweep_start_s']:.1f}", "", each("sweep_start_s", "{:.1f}"), ""],
+        ["  of which: last trial done to sweep end", f"{med['sweep_end_s']:.1f}", "", each("sweep_end_s", "{:.1f}"), ""],
+        ["  without those two (trials and the gaps between)", "", f"{med['steady_state_ratio']:.3f}",
+         each("steady_state_ratio", "{:.3f}"), ""],
+        ["same trials through lrtune sweep, 2 at a time", f"{med['sweep_parallel_s']:.1f}",
+         f"{med['throughput_ratio']:.2f}x throughput", each("throughput_ratio", "{:.2f}"), ">= 1.7"],
+        ["ray.init (once per session, not in the ratios)", f"{ray_init:.1f}", "", "", ""],
     ]))
-    print(f"identical workflows in both sweeps: {same}")
-    save("overhead" + ("_quick" if args.quick else ""), dict(
-        trials=trials, epochs=epochs, plain_s=loops, sweep_serial_s=one.wall_time,
-        sweep_parallel_s=two.wall_time, overhead_ratio=overhead, throughput_ratio=speedup,
-        ray_init_s=ray_init, identical_workflows=same, sweep_start_s=start, sweep_end_s=end,
-        steady_state_ratio=steady))
+    print(f"identical workflows in the two sweeps of every round: {all(r['identical_workflows'] for r in rounds)}")
+    save("overhead" + ("_quick" if args.quick else ""), dict(trials=trials, epochs=epochs, ray_init_s=ray_init,
+                                                             median=med, rounds=rounds))
 
 
 def _fixed(result) -> tuple[float, float]:

@@ -4,6 +4,7 @@ checkpoint; a restarted trial continues from its last checkpoint. The only modul
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 
@@ -24,6 +25,8 @@ def device_for(config: dict) -> torch.device:
 
 
 def train(config: dict) -> None:
+    # Ray logs every persisted checkpoint at INFO, once per epoch per trial: it buries the trial table.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     torch.set_num_threads(int(config.get("threads", 1)))
     device = device_for(config)
     task = load_task(config["task"], config.get("data_dir")).to(device)  # small data lives on the GPU
