@@ -129,3 +129,44 @@ def test_examples_are_valid_configs():
     for path in (ROOT / "examples").glob("*.yaml"):
         load(path)
     assert parse({}).search.max_concurrent == 2
+
+
+def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_path, monkeypatch):
+    """Through the real trainable and Tune: a trial that crashes in epoch 3 is retried from its
+    epoch-2 checkpoint and ends with the weights of an uninterrupted run; MLflow keeps one run."""
+    import torch
+
+    from trainables.tasks import load_task
+    from trainables.trainable import CHECKPOINT_FILE
+    from trainables.workflow import Run
+    from tuning.config import parse
+    from tuning.sweep import run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    cfg = parse(_local(dict(name="flaky", task="tests.tuning.user_tasks:flaky", data_dir=str(data),
+                            epochs=5, batch_size=50, optimizers=["adamw"], schedules=["one_cycle"],
+                            search=dict(num_samples=1, max_concurrent=1)), tmp_path))
+    result = run_sweep(cfg, verbose=0)
+    assert (data / "crashed-once").exists()  # it did crash
+    [trial] = result.trials
+    assert trial["error"] is None and trial["result"]["epoch"] == 5
+    assert trial["result"]["status"] == "finished"
+    # resumed, not restarted: a fresh start with the same seed would also end on equal weights
+    assert trial["result"]["iterations_since_restore"] == 3  # epochs 3, 4, 5 after the epoch-2 checkpoint
+
+    ckpt = result.checkpoints[trial["trial_id"]]
+    with ckpt.as_directory() as d:
+        resumed = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=False)
+    (data / "crashed-once").touch()  # the reference run must not crash
+    through = Run(load_task(cfg.task, str(data)), trial["config"])
+    while not through.done:
+        through.train_epoch()
+    for k, v in through.model.state_dict().items():
+        assert torch.equal(v, resumed["model"][k]), k
+
+    client, parents, trials = _runs(tmp_path, "flaky")
+    assert len(trials) == 1 and trials[0].data.tags["status"] == "finished"
+    # each epoch logged once: a restart from scratch would have logged epochs 1 and 2 twice
+    assert sorted(m.step for m in client.get_metric_history(trials[0].info.run_id, "r2")) == [1, 2, 3, 4, 5]

@@ -33,3 +33,32 @@ def fragile() -> Task:
 
 def not_a_task():
     return {"x": 1}
+
+
+class CrashOnce(nn.Module):
+    """An MLP that raises once, in the third epoch of the first process that trains it (a marker
+    file in data_dir remembers), like a node lost mid-trial."""
+
+    def __init__(self, marker, crash_at_call):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+        self.marker, self.crash_at_call, self.calls = marker, crash_at_call, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.crash_at_call and not self.marker.exists():
+                self.marker.touch()
+                raise RuntimeError("simulated crash")
+        return self.net(x)
+
+
+def flaky(data_dir) -> Task:
+    from pathlib import Path
+
+    x, y = _regression()
+    steps_per_epoch = 400 // 50
+    marker = Path(data_dir) / "crashed-once"
+    return Task("flaky", (x[:400], y[:400]), (x[400:], y[400:]),
+                models={"mlp": lambda: CrashOnce(marker, crash_at_call=2 * steps_per_epoch + 3)},
+                loss_fn=nn.functional.mse_loss, metric=r2, metric_name="r2")
