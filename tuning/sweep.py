@@ -29,8 +29,7 @@ class SweepResult:
     name: str
     parent_run_id: str
     metric: str
-    trials: list[dict]  # one per trial: config, last result, status
-    checkpoints: dict  # trial id -> its last ray.tune.Checkpoint (None if it saved none)
+    trials: list[dict]  # one per trial: trial_id, config, result (the last), checkpoint, error
     wall_time: float
     started_at: float  # time.time() when the sweep began (trial timestamps are on that clock)
 
@@ -105,11 +104,10 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1) -> SweepResult:
         grid = tuner.fit()
         trial_runs.close()
         trials = [dict(trial_id=r.metrics.get("trial_id"), config=r.config, result=r.metrics,
-                       error=str(r.error) if r.error else None) for r in grid]
+                       checkpoint=r.checkpoint, error=str(r.error) if r.error else None) for r in grid]
         status = "FINISHED"
-        result = SweepResult(name, sweep.run_id, task.metric_name, trials,
-                             {r.metrics.get("trial_id"): r.checkpoint for r in grid},
-                             time.perf_counter() - t0, started_at)
+        result = SweepResult(name, sweep.run_id, task.metric_name, trials, time.perf_counter() - t0,
+                             started_at)
         best = result.best(1)
         sweep.end(status, best_metric=best[0]["result"][task.metric_name] if best else None,
                   trials=len(trials), wall_time=result.wall_time)
@@ -120,7 +118,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1) -> SweepResult:
     finally:
         if status != "FINISHED":
             try:
-                trial_runs.close()
+                trial_runs.close(abandoned=status)
             finally:
                 sweep.end(status)
 

@@ -61,6 +61,7 @@ class TrialRuns(tune.Callback):
         self.sweep, self.client = sweep, sweep.client
         self.plot_schedule = plot_schedule  # (workflow config, path) -> path
         self.runs: dict[str, str] = {}  # touched on the logging thread only
+        self.open: set[str] = set()  # runs not yet ended, likewise
         self.last: dict[str, dict] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtune-mlflow")
         self._pending: list[Future] = []
@@ -86,6 +87,7 @@ class TrialRuns(tune.Callback):
                       "optimizer": str(cfg.get("optimizer")), "schedule": str(cfg.get("schedule")),
                       "status": "running"})
             self.runs[trial_id] = run.info.run_id
+            self.open.add(run.info.run_id)
             params = [Param(k, _short(v)) for k, v in sorted(cfg.items()) if k not in HIDDEN]
             self.client.log_batch(run.info.run_id, params=params)
         return self.runs[trial_id]
@@ -128,13 +130,21 @@ class TrialRuns(tune.Callback):
             with tempfile.TemporaryDirectory() as d:
                 self.client.log_artifact(run_id, self.plot_schedule(cfg, str(Path(d) / "lr_schedule.png")))
         self.client.set_terminated(run_id, mlflow_status)
+        self.open.discard(run_id)
 
     def on_experiment_end(self, trials, **info):
         self.close()
 
-    def close(self) -> None:
+    def close(self, abandoned: str | None = None) -> None:
+        """Wait for the queued logging. With `abandoned` (the sweep's MLflow status, e.g. KILLED),
+        also end the trial runs still open, tagged `stopped`, so that no run is left running."""
         pending, self._pending = self._pending, []
         errors = [f.exception() for f in pending if f.exception() is not None]
+        if abandoned:
+            for run_id in sorted(self.open):
+                self.client.set_tag(run_id, "status", "stopped")
+                self.client.set_terminated(run_id, abandoned)
+            self.open.clear()
         if errors:
             raise RuntimeError(f"{len(errors)} MLflow logging call(s) failed; first: {errors[0]!r}") from errors[0]
 

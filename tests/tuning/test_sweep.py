@@ -156,8 +156,7 @@ def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_pa
     # resumed, not restarted: a fresh start with the same seed would also end on equal weights
     assert trial["result"]["iterations_since_restore"] == 3  # epochs 3, 4, 5 after the epoch-2 checkpoint
 
-    ckpt = result.checkpoints[trial["trial_id"]]
-    with ckpt.as_directory() as d:
+    with trial["checkpoint"].as_directory() as d:
         resumed = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=False)
     (data / "crashed-once").touch()  # the reference run must not crash
     through = Run(load_task(cfg.task, str(data)), trial["config"])
