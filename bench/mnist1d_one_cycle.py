@@ -14,13 +14,14 @@ import torch
 from bench.common import mean_std, pool, save, table
 from bench.suggestion import OPTIMIZERS
 from schedules import range_test
-from trainables.workflow import build_optimizer, fit, get_task
+from trainables.tasks import load_task
+from trainables.workflow import build_optimizer, fit
 
 EPOCHS, BATCH = 20, 100
 
 
 def run(opt: str, seed: int, epochs: int) -> dict:
-    task = get_task("mnist1d")
+    task = load_task("mnist1d")
     torch.manual_seed(seed)
     model = task.models["cnn"]()
     o = build_optimizer(opt, model.parameters(), 1e-3, OPTIMIZERS[opt])

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from bench.common import save, table
-from trainables.workflow import SCHEDULE_PARAMS, fit, get_task
+from trainables.tasks import load_task
+from trainables.workflow import SCHEDULE_PARAMS, fit
 from tuning.config import parse
 from tuning.sweep import init_ray, run_sweep
 
@@ -35,7 +36,7 @@ def config(tmp: Path, trials: int, epochs: int, concurrent: int, tag: str):
 
 def plain(trial_configs: list[dict]) -> float:
     torch.set_num_threads(1)
-    task = get_task("mnist1d")
+    task = load_task("mnist1d")
     t0 = time.perf_counter()
     for c in trial_configs:
         fit(task, c["model"], c["optimizer"], c["schedule"], c["epochs"], c["batch_size"],
@@ -54,7 +55,7 @@ def main(argv=None):
     trials, epochs = (2, 2) if args.quick else (args.trials, args.epochs)
     if args.quick:
         args.rounds = 1
-    get_task("mnist1d")  # generate and cache the data once, outside every timing
+    load_task("mnist1d")  # generate and cache the data once, outside every timing
     t0 = time.perf_counter()
     init_ray()
     ray_init = time.perf_counter() - t0

@@ -16,7 +16,8 @@ import torch
 
 from bench.common import mean_std, pool, save, table
 from schedules import range_test
-from trainables.workflow import build_optimizer, fit, get_task
+from trainables.tasks import load_task
+from trainables.workflow import build_optimizer, fit
 
 CASES = [  # task, model, epochs, batch size
     ("mnist1d", "cnn", 20, 100),
@@ -30,7 +31,7 @@ GRID = [10 ** (k / 4) for k in range(-16, 5)]  # 1e-4 .. 10 in quarter decades
 
 
 def train_one(task_name, model, opt, max_lr, seed, epochs, batch_size):
-    task = get_task(task_name)
+    task = load_task(task_name)
     h = fit(task, model, opt, "one_cycle", epochs, batch_size, seed=seed, max_lr=max_lr,
             weight_decay=OPTIMIZERS[opt])
     value = h[-1][task.metric_name]
@@ -39,7 +40,7 @@ def train_one(task_name, model, opt, max_lr, seed, epochs, batch_size):
 
 
 def suggest_one(task_name, model, opt, batch_size, seeds):
-    task = get_task(task_name)
+    task = load_task(task_name)
     torch.manual_seed(seeds[0])
     m = task.models[model]()
     o = build_optimizer(opt, m.parameters(), 1e-3, OPTIMIZERS[opt])

@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 import os
 import random
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np

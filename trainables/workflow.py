@@ -16,7 +16,7 @@ from torch import nn
 from schedules import SGDW, constant, cyclic, one_cycle, sgdr
 from schedules._checks import in_range, non_negative, one_of, positive
 
-from .tasks import BUILTIN, Task
+from .tasks import Task
 
 OPTIMIZERS = ("adamw", "sgdw", "adam", "sgd")
 SCHEDULES = ("one_cycle", "cyclic", "sgdr", "constant")
@@ -54,11 +54,6 @@ def build_schedule(name: str, optimizer: torch.optim.Optimizer, total_steps: int
 
 def _pick(p: dict, *keys: str) -> dict:
     return {k: p[k] for k in keys if k in p}
-
-
-def get_task(name: str, **kwargs) -> Task:
-    one_of("task", name, tuple(BUILTIN))
-    return BUILTIN[name](**kwargs)
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
