@@ -56,6 +56,17 @@ def _pick(p: dict, *keys: str) -> dict:
     return {k: p[k] for k in keys if k in p}
 
 
+def build_optimizer_and_schedule(workflow: dict, params, total_steps: int):
+    """The optimizer and schedule a workflow dict describes (an optimizer's own lr only matters
+    for constant and SGDR; 1-cycle and CLR set it from max_lr / base_lr)."""
+    w = workflow
+    optimizer = build_optimizer(w["optimizer"], params, w.get("lr") or w.get("max_lr") or 1e-3,
+                                w.get("weight_decay", 0.0), w.get("momentum", 0.9))
+    schedule = build_schedule(w["schedule"], optimizer, total_steps,
+                              **{k: w[k] for k in SCHEDULE_PARAMS if w.get(k) is not None})
+    return optimizer, schedule
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """Mixed precision on CUDA: bf16 where the GPU has it (no loss scaling needed), else fp16
     with a GradScaler; full precision on CPU."""
@@ -95,12 +106,9 @@ class Run:
         self.epochs, self.batch_size = int(w["epochs"]), int(w["batch_size"])
         torch.manual_seed(int(w.get("seed", 0)))
         self.model = task.models[w["model"]]().to(self.device)
-        start_lr = w.get("lr") or w.get("max_lr") or 1e-3
-        self.optimizer = build_optimizer(w["optimizer"], self.model.parameters(), start_lr,
-                                         w.get("weight_decay", 0.0), w.get("momentum", 0.9))
         self.steps_per_epoch = task.steps_per_epoch(self.batch_size)
-        self.scheduler = build_schedule(w["schedule"], self.optimizer, self.epochs * self.steps_per_epoch,
-                                        **{k: w[k] for k in SCHEDULE_PARAMS if w.get(k) is not None})
+        self.optimizer, self.scheduler = build_optimizer_and_schedule(
+            w, self.model.parameters(), self.epochs * self.steps_per_epoch)
         self.generator = torch.Generator().manual_seed(int(w.get("seed", 0)))
         self.amp = amp_dtype(self.device) if w.get("amp", True) else None
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
@@ -108,7 +116,8 @@ class Run:
         self.initial_loss: float | None = None
 
     def train_epoch(self) -> dict:
-        """One epoch; returns its metrics. `diverged` is True when a loss was not finite."""
+        """One epoch; returns its metrics. `diverged` is True when a loss was not finite or the
+        epoch's train loss passed EXPLODE_FACTOR x the first batch's."""
         t0, total, n = time.perf_counter(), torch.zeros((), device=self.device), 0
         group = self.optimizer.param_groups[0]
         lr, momentum = group["lr"], _momentum(group)
@@ -162,13 +171,8 @@ class Run:
 def schedule_trace(workflow: dict, steps_per_epoch: int) -> tuple[list[float], list[float]]:
     """The LR and momentum/β1 a workflow's schedule gives at every step (for plots), from the same
     builders the training uses, on a throwaway parameter."""
-    w = workflow
-    p = [nn.Parameter(torch.zeros(1))]
-    opt = build_optimizer(w["optimizer"], p, w.get("lr") or w.get("max_lr") or 1e-3,
-                          w.get("weight_decay", 0.0), w.get("momentum", 0.9))
-    total = int(w["epochs"]) * steps_per_epoch
-    sched = build_schedule(w["schedule"], opt, total,
-                           **{k: w[k] for k in SCHEDULE_PARAMS if w.get(k) is not None})
+    total = int(workflow["epochs"]) * steps_per_epoch
+    opt, sched = build_optimizer_and_schedule(workflow, [nn.Parameter(torch.zeros(1))], total)
     lrs, moms = [], []
     for _ in range(total):
         lrs.append(opt.param_groups[0]["lr"])
