@@ -119,7 +119,7 @@ def sgdr_plans(total_steps: int, T_mults: tuple[int, ...] = (1, 2), max_restarts
     positive_int("total_steps", total_steps)
     plans = []
     for T_mult in T_mults:
-        for n in range(1, max_restarts + 1):
+        for n in range(1 if T_mult == min(T_mults) else 2, max_restarts + 1):  # one cycle: T_mult moot
             periods = sum(T_mult**i for i in range(n))  # total = T_0 * periods
             if total_steps % periods == 0 and total_steps // periods >= min_T_0:
                 plans.append((total_steps // periods, T_mult, n))

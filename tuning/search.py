@@ -27,6 +27,13 @@ def _family(optimizer: str) -> str:
     return "adaptive" if optimizer.startswith("adam") else "sgd"
 
 
+def _sgdr_plans(total_steps: int, steps_per_epoch: int) -> dict[str, tuple[int, int]]:
+    """Optuna-friendly labels for the (T_0, T_mult) whose restarts end exactly at the budget,
+    shortest first cycle last."""
+    return {f"T_0={t0},T_mult={tm}": (t0, tm)
+            for t0, tm, _ in sgdr_plans(total_steps, T_mults=(1, 2), min_T_0=steps_per_epoch)}
+
+
 def space(trial: optuna.Trial, cfg: SweepConfig, steps_per_epoch: int, constants: dict) -> dict:
     trial.suggest_categorical("optimizer", cfg.optimizers)
     schedule = trial.suggest_categorical("schedule", cfg.schedules)
@@ -42,8 +49,7 @@ def space(trial: optuna.Trial, cfg: SweepConfig, steps_per_epoch: int, constants
         trial.suggest_categorical("mode", ["triangular", "triangular2"])
         constants = dict(constants, base_lr=max_lr / base_div, step_size_up=epochs_up * steps_per_epoch)
     if schedule == "sgdr":
-        plans = {f"T_0={t0},T_mult={tm}": (t0, tm) for t0, tm, _ in
-                 sgdr_plans(total, T_mults=(1, 2), min_T_0=steps_per_epoch)}
+        plans = _sgdr_plans(total, steps_per_epoch)
         plan = trial.suggest_categorical("sgdr_plan", sorted(plans))
         T_0, T_mult = plans[plan]
         constants = dict(constants, T_0=T_0, T_mult=T_mult)
@@ -65,8 +71,7 @@ def start_points(cfg: SweepConfig, steps_per_epoch: int) -> list[dict]:
             if schedule == "cyclic":
                 p.update(base_div=4.0, epochs_up=max(1, min(10, cfg.epochs // 4)), mode="triangular2")
             if schedule == "sgdr":
-                t0, tm, _ = sgdr_plans(total, T_mults=(1, 2), min_T_0=steps_per_epoch)[-1]
-                p["sgdr_plan"] = f"T_0={t0},T_mult={tm}"
+                p["sgdr_plan"] = list(_sgdr_plans(total, steps_per_epoch))[-1]
             points.append(p)
     return points
 

@@ -180,5 +180,6 @@ def test_sgdr_plans_end_exactly_at_the_budget():
     assert (800, 1, 1) in plans and (160, 1, 5) in plans and (200, 3, 2) in plans
     assert all(sgdr_total_steps(T_0, T_mult, n) == 800 for T_0, T_mult, n in plans)
     assert (100, 2, 3) not in plans  # 100 + 200 + 400 = 700: would stop mid-cycle
+    assert [p for p in plans if p[2] == 1] == [(800, 1, 1)]  # a single cycle is listed once
     lrs = _lrs(lambda o: sgdr(o, 200, 3), 801)
     assert lrs[200] == pytest.approx(0.1) and lrs[799] < 1e-5  # last step at the minimum
