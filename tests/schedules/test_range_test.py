@@ -180,6 +180,29 @@ def test_custom_step_gradient_accumulation(task):
     assert r.diagnosis.status == "ok", r.diagnosis.message
 
 
+def test_custom_step_with_a_closure(task):
+    """A user step that hands the optimizer a closure (as LBFGS needs); the test still restores."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    before = _state(model, opt)
+    evaluations = []
+
+    def with_closure(m, o, loss_fn, batch):
+        def closure():
+            o.zero_grad()
+            loss = loss_fn(m(batch[0]), batch[1])
+            loss.backward()
+            evaluations.append(loss.item())
+            return loss
+        return o.step(closure)
+
+    r = range_test(model, opt, nn.functional.cross_entropy, Loader(task), step_fn=with_closure)
+    assert len(evaluations) == len(r.raw_losses) and r.raw_losses == evaluations
+    assert r.diagnosis.status == "ok", r.diagnosis.message
+    _assert_same(before, _state(model, opt))
+
+
 def test_healthy_model_ok_with_suggestion_and_spread(task, tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
