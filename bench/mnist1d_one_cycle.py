@@ -12,7 +12,7 @@ import time
 import torch
 
 from bench.common import mean_std, pool, save, table
-from bench.suggestion import OPTIMIZERS
+from bench.suggestion import WEIGHT_DECAY
 from schedules import range_test
 from trainables.tasks import load_task
 from trainables.workflow import build_optimizer, fit
@@ -24,14 +24,14 @@ def run(opt: str, seed: int, epochs: int) -> dict:
     task = load_task("mnist1d")
     torch.manual_seed(seed)
     model = task.models["cnn"]()
-    o = build_optimizer(opt, model.parameters(), 1e-3, OPTIMIZERS[opt])
+    o = build_optimizer(opt, model.parameters(), 1e-3, WEIGHT_DECAY[opt])
     t0 = time.perf_counter()
     r = range_test(model, o, task.loss_fn, task.loader(BATCH, seed))
     seconds = time.perf_counter() - t0
     if r.suggestion is None:
         return dict(opt=opt, seed=seed, seconds=seconds, status=r.diagnosis.status)
     h = fit(task, "cnn", opt, "one_cycle", epochs, BATCH, seed=seed, max_lr=r.suggestion.max_lr,
-            weight_decay=OPTIMIZERS[opt])
+            weight_decay=WEIGHT_DECAY[opt])
     return dict(opt=opt, seed=seed, seconds=seconds, status="ok", max_lr=r.suggestion.max_lr,
                 accuracy=h[-1]["accuracy"], best_accuracy=max(x["accuracy"] for x in h),
                 history=h)

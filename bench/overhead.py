@@ -4,7 +4,7 @@
    / the same N workflows trained as plain loops in this process  (target <= 1.10 at 20 epochs);
 2. the same N trials two at a time / one at a time, as throughput    (target >= 1.7 on 2 cores).
 Random search with a fixed seed makes the N workflows identical across the runs.
-`python -m bench.overhead [--trials 6] [--epochs 20] [--quick]`.
+`python -m bench.overhead [--trials 8] [--epochs 20] [--rounds 2] [--quick]`.
 """
 
 from __future__ import annotations

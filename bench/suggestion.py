@@ -26,14 +26,14 @@ CASES = [  # task, model, epochs, batch size
     ("synthetic", "mlp", 20, 100),
     ("digits", "cnn", 20, 50),  # held out: not among the grids the rule's margins were fitted on
 ]
-OPTIMIZERS = {"adamw": 1e-2, "sgd": 5e-4}  # optimizer: weight decay (decoupled for adamw, L2 for sgd)
+WEIGHT_DECAY = {"adamw": 1e-2, "sgd": 5e-4}  # optimizer: weight decay (decoupled for adamw, L2 for sgd)
 GRID = [10 ** (k / 4) for k in range(-16, 5)]  # 1e-4 .. 10 in quarter decades
 
 
 def train_one(task_name, model, opt, max_lr, seed, epochs, batch_size):
     task = load_task(task_name)
     h = fit(task, model, opt, "one_cycle", epochs, batch_size, seed=seed, max_lr=max_lr,
-            weight_decay=OPTIMIZERS[opt])
+            weight_decay=WEIGHT_DECAY[opt])
     value = h[-1][task.metric_name]
     finite = len(h) == epochs and math.isfinite(h[-1]["train_loss"]) and math.isfinite(value)
     return value if finite else -math.inf
@@ -43,7 +43,7 @@ def suggest_one(task_name, model, opt, batch_size, seeds):
     task = load_task(task_name)
     torch.manual_seed(seeds[0])
     m = task.models[model]()
-    o = build_optimizer(opt, m.parameters(), 1e-3, OPTIMIZERS[opt])
+    o = build_optimizer(opt, m.parameters(), 1e-3, WEIGHT_DECAY[opt])
     t0 = time.perf_counter()
     r = range_test(m, o, task.loss_fn, task.loader(batch_size, seed=seeds[0]),
                    repeats=len(seeds), seed=seeds[0])
@@ -73,7 +73,7 @@ def main(argv=None):
     jobs, results = {}, []
     with pool(args.workers) as ex:
         for task, model, epochs, bs in cases:
-            for opt in OPTIMIZERS:
+            for opt in WEIGHT_DECAY:
                 key = (task, model, opt)
                 jobs[key] = dict(
                     suggestion=ex.submit(suggest_one, task, model, opt, bs, seeds_used),

@@ -51,6 +51,13 @@ class Task:
             idx = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
             yield x[idx], y[idx]
 
+    def model_name(self, name: str | None) -> str:
+        """`name`, or the task's first model when None; a ValueError lists what the task offers."""
+        name = name or next(iter(self.models))
+        if name not in self.models:
+            raise ValueError(f"task {self.name!r} offers {', '.join(self.models)}, not {name!r}")
+        return name
+
     def loader(self, batch_size: int, seed: int = 0) -> "Epochs":
         """A re-iterable of training batches: each pass is a new shuffle (for range tests)."""
         return Epochs(self, batch_size, torch.Generator().manual_seed(seed))
@@ -219,7 +226,6 @@ def cifar10(data_dir: str | None = None) -> Task:
     """CIFAR-10 from a local `cifar-10-batches-py` folder (the python pickle format); `data_dir`
     is that folder or its parent. Never downloads."""
     import pickle
-    from pathlib import Path
 
     if data_dir is None:
         raise ValueError("Expected data_dir for task cifar10 (a local cifar-10-batches-py folder), but got None")

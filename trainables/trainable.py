@@ -1,5 +1,6 @@
 """The Ray Tune function trainable: one trial is one `Run`, reported once per epoch with a
-checkpoint; a restarted trial continues from its last checkpoint. The only module that touches Ray.
+checkpoint; a restarted trial continues from its last checkpoint. The only module of trainables/
+that touches Ray.
 """
 
 from __future__ import annotations

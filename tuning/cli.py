@@ -26,10 +26,10 @@ def _range_test(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     task = load_task(args.task, args.data_dir)
-    model_name = args.model or next(iter(task.models))
-    if model_name not in task.models:
-        raise UsageError(f"--model: task {args.task!r} offers {', '.join(task.models)}, "
-                         f"not {model_name!r}")
+    try:
+        model_name = task.model_name(args.model)
+    except ValueError as e:
+        raise UsageError(f"--model: {e}") from None
     if args.optimizer not in OPTIMIZERS:
         raise UsageError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got {args.optimizer!r}")
     torch.manual_seed(args.seed)

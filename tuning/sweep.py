@@ -44,9 +44,10 @@ def prepare(cfg: SweepConfig):
         task = load_task(cfg.task, _abs(cfg.data_dir))
     except ValueError as e:
         raise ConfigError(f"task: {e}") from None
-    model = cfg.model or next(iter(task.models))
-    if model not in task.models:
-        raise ConfigError(f"model: task {cfg.task!r} offers {', '.join(task.models)}, not {model!r}")
+    try:
+        model = task.model_name(cfg.model)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
     total = cfg.epochs * task.steps_per_epoch(cfg.batch_size)
     if "one_cycle" in cfg.schedules and 0.25 * total <= 1:
         raise ConfigError(f"epochs: one_cycle needs more than 4 steps in all (its warm-up is a quarter "
