@@ -4,7 +4,7 @@
    / the same N workflows trained as plain loops in this process  (target <= 1.10 at 20 epochs);
 2. the same N trials two at a time / one at a time, as throughput    (target >= 1.7 on 2 cores).
 Random search with a fixed seed makes the N workflows identical across the runs.
-`python -m bench.overhead [--trials 8] [--epochs 20] [--rounds 2] [--quick]`.
+`python -m bench.overhead [--trials 16] [--epochs 20] [--rounds 2] [--quick]`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def config(tmp: Path, trials: int, epochs: int, concurrent: int, tag: str):
     return parse(dict(
         name=f"overhead-{tag}", task="mnist1d", model="cnn", epochs=epochs, batch_size=100,
         optimizers=["adamw", "sgdw"], schedules=["one_cycle", "sgdr", "constant"],
-        search=dict(algorithm="random", num_samples=trials, max_concurrent=concurrent, seed=0),
+        search=dict(algorithm="random", num_samples=trials, max_concurrent=concurrent, seed=0, seeded=False),
+        stopping=dict(scheduler="none"),  # every trial trains all its epochs, as the plain loops do
         tracking=dict(mlflow_uri=f"sqlite:///{tmp}/mlflow.db", experiment="overhead",
                       optuna_storage=f"sqlite:///{tmp}/optuna.db"),
         storage_path=str(tmp / "ray_results")))
@@ -47,7 +48,7 @@ def plain(trial_configs: list[dict]) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="2 trials of 2 epochs, one round")

@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import (
 from ._checks import in_range, non_negative, one_of, positive, positive_int, require
 
 CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
+SCHEDULES = ("one_cycle", "cyclic", "sgdr", "constant")
 
 
 def _momentum_capable(optimizer: Optimizer, cycle_momentum: bool) -> None:
@@ -104,6 +105,30 @@ def constant(optimizer: Optimizer) -> LRScheduler:
     return ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
+def at_cycle_end(schedule: str, step: int, total_steps: int, **params) -> bool:
+    """Whether, after `step` optimizer steps, a schedule has just finished a cycle (its LR is at the
+    cycle's minimum): the points where trials on different schedules can be compared fairly.
+
+    constant: every step; one_cycle: only the last; cyclic: every 2 * step_size_up steps (torch's
+    CyclicLR with step_size_down = step_size_up); sgdr: after the warm-up, at each restart."""
+    one_of("schedule", schedule, SCHEDULES)
+    if step <= 0 or step > total_steps:
+        return False
+    if schedule == "constant":
+        return True
+    if schedule == "one_cycle":
+        return step == total_steps
+    if schedule == "cyclic":
+        return step % (2 * params["step_size_up"]) == 0
+    end, period = params.get("warmup_steps", 0), params["T_0"]
+    if step <= end:  # still warming up: the LR is rising
+        return False
+    while end < step:
+        end += period
+        period *= params.get("T_mult", 1)
+    return end == step
+
+
 def sgdr_total_steps(T_0: int, T_mult: int, restarts: int) -> int:
     """Steps covered by `restarts` complete SGDR periods: T_0 * (1 + T_mult + ... + T_mult**(restarts-1))."""
     positive_int("T_0", T_0)
@@ -113,14 +138,19 @@ def sgdr_total_steps(T_0: int, T_mult: int, restarts: int) -> int:
 
 
 def sgdr_plans(total_steps: int, T_mults: tuple[int, ...] = (1, 2), max_restarts: int = 5,
-               min_T_0: int = 1) -> list[tuple[int, int, int]]:
-    """Every (T_0, T_mult, restarts) whose periods end exactly at total_steps, so that the last
-    cycle finishes at the LR minimum when training stops."""
+               min_T_0: int = 1, max_warmup: int = 0) -> list[tuple[int, int, int, int]]:
+    """Every (T_0, T_mult, restarts, warmup_steps) whose periods end exactly at total_steps, so that
+    the last cycle finishes at the LR minimum when training stops. With max_warmup > 0, a plan may
+    begin with a linear warm-up of up to that many steps (at most T_0) that takes up the remainder:
+    T_mult=2 with 3 periods fits 20 epochs as 2 epochs of warm-up + 6 + 12."""
     positive_int("total_steps", total_steps)
+    require(isinstance(max_warmup, int) and max_warmup >= 0, "max_warmup", "to be a non-negative integer",
+            max_warmup)
     plans = []
     for T_mult in T_mults:
         for n in range(1 if T_mult == min(T_mults) else 2, max_restarts + 1):  # one cycle: T_mult moot
-            periods = sum(T_mult**i for i in range(n))  # total = T_0 * periods
-            if total_steps % periods == 0 and total_steps // periods >= min_T_0:
-                plans.append((total_steps // periods, T_mult, n))
-    return sorted(set(plans), key=lambda p: (p[2], p[1]))
+            periods = sum(T_mult**i for i in range(n))  # total = warmup + T_0 * periods
+            T_0, warmup = divmod(total_steps, periods)
+            if T_0 >= min_T_0 and warmup <= min(max_warmup, T_0):
+                plans.append((T_0, T_mult, n, warmup))
+    return sorted(set(plans), key=lambda p: (p[2], p[1], p[3]))

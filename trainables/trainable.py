@@ -13,7 +13,7 @@ import torch
 from ray import tune
 
 from .tasks import load_task
-from .workflow import Run
+from .workflow import Replicas
 
 CHECKPOINT_FILE = "run.pt"
 
@@ -31,18 +31,24 @@ def train(config: dict) -> None:
     torch.set_num_threads(int(config.get("threads", 1)))
     device = device_for(config)
     task = load_task(config["task"], config.get("data_dir")).to(device)  # small data lives on the GPU
-    run = Run(task, config, device)
+    run = Replicas(task, config, device, int(config.get("seeds", 1)))
+    target, reached = config.get("target"), None  # epochs_to_target, for a multi-objective search
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            run.load_state_dict(torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device,
-                                           weights_only=False))
+            state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=False)
+        run.load_state_dict(state["run"])
+        reached = state["epochs_to_target"]
     while not run.done:
         row = run.train_epoch()
         row["status"] = "diverged" if row["diverged"] else "finished" if run.done else "running"
+        if target is not None:
+            if reached is None and row[task.metric_name] >= target:
+                reached = row["epoch"]
+            row["epochs_to_target"] = reached if reached is not None else run.runs[0].epochs + 1
         if row["diverged"]:  # NaN weights are not worth a checkpoint; the trial ends here
             tune.report(row)
             return
         with tempfile.TemporaryDirectory() as d:
-            torch.save(run.state_dict(), os.path.join(d, CHECKPOINT_FILE))
+            torch.save(dict(run=run.state_dict(), epochs_to_target=reached), os.path.join(d, CHECKPOINT_FILE))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))

@@ -7,19 +7,20 @@ logging in it: metrics are computed once per epoch.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Callable
 
 import torch
 from torch import nn
 
-from schedules import SGDW, constant, cyclic, one_cycle, sgdr
+from schedules import SGDW, at_cycle_end, constant, cyclic, one_cycle, sgdr
+from schedules.lr import SCHEDULES
 from schedules._checks import in_range, non_negative, one_of, positive
 
 from .tasks import Task
 
 OPTIMIZERS = ("adamw", "sgdw", "adam", "sgd")
-SCHEDULES = ("one_cycle", "cyclic", "sgdr", "constant")
 
 
 def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0,
@@ -95,6 +96,16 @@ SCHEDULE_PARAMS = ("max_lr", "base_lr", "step_size_up", "mode", "gamma", "T_0", 
                    "eta_min", "warmup_steps", "pct_start", "div_factor", "final_div_factor",
                    "base_momentum", "max_momentum")
 
+# What defines a workflow (the rest of a trial's config is search bookkeeping): an exported
+# workflow.yaml holds these, and `lrtune train` re-runs it.
+WORKFLOW_KEYS = ("task", "data_dir", "model", "optimizer", "lr", "weight_decay", "momentum", "schedule",
+                 *SCHEDULE_PARAMS, "epochs", "batch_size", "seed", "seeds", "threads", "amp")
+
+
+def workflow_of(config: dict) -> dict:
+    """The workflow part of a trial's config, in WORKFLOW_KEYS order, without unset values."""
+    return {k: config[k] for k in WORKFLOW_KEYS if config.get(k) is not None}
+
 
 class Run:
     """One workflow in progress: everything a checkpoint must hold to continue bit for bit
@@ -139,12 +150,21 @@ class Run:
         val_loss, metric = evaluate(self.model, self.task)
         return dict(epoch=self.epoch, train_loss=train_loss, val_loss=val_loss,
                     **{self.task.metric_name: metric}, lr=lr, momentum=momentum,
-                    epoch_time=time.perf_counter() - t0, diverged=self._diverged(train_loss, val_loss))
+                    epoch_time=time.perf_counter() - t0, diverged=self._diverged(train_loss, val_loss),
+                    cycle_end=self.at_cycle_end)
 
     def _diverged(self, train_loss: float, val_loss: float) -> bool:
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             return True
         return train_loss > EXPLODE_FACTOR * abs(self.initial_loss)
+
+    @property
+    def at_cycle_end(self) -> bool:
+        """Whether the schedule has just finished a cycle (see `schedules.at_cycle_end`)."""
+        w = self.workflow
+        return at_cycle_end(w["schedule"], self.epoch * self.steps_per_epoch,
+                            self.epochs * self.steps_per_epoch,
+                            **{k: w[k] for k in SCHEDULE_PARAMS if w.get(k) is not None})
 
     @property
     def done(self) -> bool:
@@ -168,6 +188,46 @@ class Run:
         self.initial_loss = state["initial_loss"]
 
 
+class Replicas:
+    """`seeds` copies of one workflow (seeds seed, seed+1, ...) trained in lockstep, so that a trial
+    reports a mean and its spread: each epoch row holds the means of the losses and the metric,
+    `<metric>_std` (sample std over seeds) and `<metric>_seeds`; diverged if any copy diverged."""
+
+    def __init__(self, task: Task, workflow: dict, device: torch.device | str = "cpu", seeds: int = 1):
+        positive("seeds", seeds)
+        first = int(workflow.get("seed", 0))
+        self.runs = [Run(task, dict(workflow, seed=first + i), device) for i in range(int(seeds))]
+        self.metric_name = task.metric_name
+
+    def train_epoch(self) -> dict:
+        rows = [run.train_epoch() for run in self.runs]
+        if len(rows) == 1:
+            return rows[0]
+        m, out = self.metric_name, dict(rows[0])
+        for k in ("train_loss", "val_loss", m):
+            out[k] = statistics.fmean(r[k] for r in rows)
+        out[f"{m}_std"] = statistics.stdev(r[m] for r in rows)
+        out[f"{m}_seeds"] = [r[m] for r in rows]
+        out["epoch_time"] = sum(r["epoch_time"] for r in rows)
+        out["diverged"] = any(r["diverged"] for r in rows)
+        return out
+
+    @property
+    def epoch(self) -> int:
+        return self.runs[0].epoch
+
+    @property
+    def done(self) -> bool:
+        return self.runs[0].done
+
+    def state_dict(self) -> dict:
+        return dict(replicas=[run.state_dict() for run in self.runs])
+
+    def load_state_dict(self, state: dict) -> None:
+        for run, s in zip(self.runs, state["replicas"], strict=True):
+            run.load_state_dict(s)
+
+
 def schedule_trace(workflow: dict, steps_per_epoch: int) -> tuple[list[float], list[float]]:
     """The LR and momentum/β1 a workflow's schedule gives at every step (for plots), from the same
     builders the training uses, on a throwaway parameter."""
@@ -184,6 +244,21 @@ def schedule_trace(workflow: dict, steps_per_epoch: int) -> tuple[list[float], l
 
 def _momentum(group: dict) -> float:
     return group["betas"][0] if "betas" in group else group.get("momentum", 0.0)
+
+
+def task_range_test(task: Task, model_name: str, optimizer: str, weight_decay: float = 0.0, *,
+                    batch_size: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0,
+                    num_iter: int = 100, repeats: int = 1, seed: int = 0,
+                    device: torch.device | str = "cpu"):
+    """The LR range test of one (model, optimizer, weight decay) on a task, from a fresh model
+    seeded with `seed`, on shuffled training batches (the CLI's and the sweep's seeding test)."""
+    from schedules import range_test
+
+    torch.manual_seed(seed)
+    model = task.models[model_name]().to(device)
+    opt = build_optimizer(optimizer, model.parameters(), start_lr, weight_decay)
+    return range_test(model, opt, task.loss_fn, task.loader(batch_size, seed), start_lr=start_lr,
+                      end_lr=end_lr, num_iter=num_iter, repeats=repeats, seed=seed)
 
 
 def fit(task: Task, model_name: str, optimizer: str, schedule: str, epochs: int, batch_size: int,

@@ -1,6 +1,7 @@
 """The `lrtune` command line: argument parsing, exit codes, printing. Work is delegated.
 
-Exit codes: 0 success; 1 the range test refused (its diagnosis says why); 2 bad input (a config
+Exit codes: 0 success; 1 a range test refused (its diagnosis says why; for a sweep, before any
+trial ran); 2 bad input (a config
 error names the key, the rule and the value, and nothing has started).
 """
 
@@ -20,9 +21,8 @@ class UsageError(ValueError):
 
 
 def _range_test(args: argparse.Namespace) -> int:
-    from schedules import range_test
     from trainables.tasks import load_task
-    from trainables.workflow import OPTIMIZERS, build_optimizer
+    from trainables.workflow import OPTIMIZERS, task_range_test
 
     torch.set_num_threads(args.threads)
     task = load_task(args.task, args.data_dir)
@@ -32,12 +32,9 @@ def _range_test(args: argparse.Namespace) -> int:
         raise UsageError(f"--model: {e}") from None
     if args.optimizer not in OPTIMIZERS:
         raise UsageError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got {args.optimizer!r}")
-    torch.manual_seed(args.seed)
-    model = task.models[model_name]()
-    opt = build_optimizer(args.optimizer, model.parameters(), args.start_lr, args.weight_decay)
-    result = range_test(model, opt, task.loss_fn, task.loader(args.batch_size, args.seed),
-                        start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter,
-                        repeats=args.repeats, seed=args.seed)
+    result = task_range_test(task, model_name, args.optimizer, args.weight_decay,
+                             batch_size=args.batch_size, start_lr=args.start_lr, end_lr=args.end_lr,
+                             num_iter=args.num_iter, repeats=args.repeats, seed=args.seed)
     if args.plot:
         result.plot(args.plot, title=f"{args.task}/{model_name} {args.optimizer} "
                     f"wd={args.weight_decay:g}: {result.diagnosis.status}")
@@ -66,9 +63,14 @@ def _sweep(args: argparse.Namespace) -> int:
     from .config import load
 
     cfg = load(args.config)  # a ConfigError (exit 2) before Ray starts
+    from .seeding import SeedingRefused
     from .sweep import print_summary, run_sweep  # Ray and MLflow load only for a valid config
 
-    result = run_sweep(cfg, verbose=args.verbose)
+    try:
+        result = run_sweep(cfg, verbose=args.verbose, resume=args.resume)
+    except SeedingRefused as e:
+        print(f"lrtune: {e}", file=sys.stderr)
+        return EXIT_REFUSED
     print_summary(result, cfg)
     return 0
 
@@ -102,6 +104,9 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("config", help="YAML config, e.g. examples/mnist1d.yaml")
     sw.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                     help="Ray Tune's progress output (0 silent, 1 trial table, 2 every result)")
+    sw.add_argument("--resume", action="store_true",
+                    help="continue this config's newest interrupted sweep (same Ray Tune experiment, "
+                         "Optuna study and MLflow parent run); finished trials are not run again")
     sw.set_defaults(run=_sweep)
     return p
 

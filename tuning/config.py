@@ -30,8 +30,11 @@ class RangeTest(_Strict):
     num_iter: int = Field(100, ge=10)
     start_lr: float = Field(1e-7, gt=0)
     end_lr: float = Field(10.0, gt=0)
-    weight_decays: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    weight_decays: list[float] = Field(default_factory=lambda: [0.0, 1e-5, 1e-4, 1e-3], min_length=1)
     repeats: int = Field(1, ge=1)
+    # A test that refuses (diagnosis not ok) stops the sweep before any trial; "blind" goes on with
+    # the blind space for that optimizer instead.
+    on_refusal: Literal["stop", "blind"] = "stop"
 
     @field_validator("weight_decays")
     @classmethod
@@ -51,16 +54,25 @@ class Search(_Strict):
     algorithm: Literal["optuna", "random"] = "optuna"
     num_samples: int = Field(16, ge=1)
     max_concurrent: int = Field(2, ge=1)
-    seeded: bool = False
+    seeded: bool = True
     seed: int = 0
+    # A second objective for Optuna's multi-objective search (the metric is always the first).
+    also_minimize: Literal["epochs_to_target", "wall_time"] | None = None
+    target: float | None = None  # the metric value that epochs_to_target counts up to
 
-    @field_validator("seeded")
-    @classmethod
-    def _seeding_not_built(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("range-test seeding of the search space is not built yet (issue 5); "
-                             "only the blind search (seeded: false) runs")
-        return v
+    @model_validator(mode="after")
+    def _target(self):
+        if self.also_minimize == "epochs_to_target" and self.target is None:
+            raise ValueError("also_minimize: epochs_to_target needs search.target (the metric value "
+                             "to reach, e.g. 0.9)")
+        return self
+
+
+class Stopping(_Strict):
+    # schedule_fair: compare trials only where their schedule ends a cycle (see tuning/stopping.py)
+    scheduler: Literal["schedule_fair", "none"] = "schedule_fair"
+    grace_period: int | None = Field(None, ge=1)  # epochs before any comparison; default epochs // 4
+    reduction_factor: float = Field(3.0, gt=1)
 
 
 class Resources(_Strict):
@@ -92,11 +104,13 @@ class SweepConfig(_Strict):
     schedules: list[Schedule] = Field(default_factory=lambda: list(SCHEDULES), min_length=1)
     range_test: RangeTest = RangeTest()
     search: Search = Search()
+    stopping: Stopping = Stopping()
     resources: Resources = Resources()
     tracking: Tracking = Tracking()
     storage_path: str | None = None  # Ray Tune results and checkpoints; default ./ray_results
     threads_per_trial: int = Field(1, ge=1)
     seed: int = 0
+    seeds: int = Field(1, ge=1)  # each trial trains this many seeds in lockstep: mean ± std
 
     @field_validator("task")
     @classmethod

@@ -2,7 +2,12 @@
 imports Optuna.
 
 `space` reads like an optuna-examples objective: each value is suggested where it is used,
-conditional parameters are plain `if`s. The names are the workflow's (torch's and the papers').
+conditional parameters are plain `if`s, one function per schedule. An optimizer with a range-test
+seed (tuning/seeding.py) gets the seeded space: its LR and weight decay are searched as shifts of
+at most ±half a decade (`lr_shift`, `decay_shift`, the same Optuna parameters for every optimizer,
+so TPE learns how far from the range test the best runs lie) and the absolute values (`lr`,
+`max_lr`, `weight_decay`, `lambda_norm`) go into the trial's config. Without a seed (blind mode,
+`search.seeded: false`) LR and decay are searched directly over the wide ranges.
 """
 
 from __future__ import annotations
@@ -15,74 +20,158 @@ from ray.tune.search.optuna import OptunaSearch
 from schedules import sgdr_plans
 
 from .config import SweepConfig
+from .seeding import OptimizerSeed
 
 # The wide, blind ranges (no range test): LR 1e-5..1, weight decay 1e-6..1e-1.
 LR_RANGE = (1e-5, 1.0)
 DECAY_RANGE = (1e-6, 1e-1)
+SHIFT = (-0.5, 0.5)  # decades around a seed's centre: a one-decade band
 # Where a blind sweep starts for each optimizer family, one point per optimizer x schedule.
 BLIND_START = {"adaptive": dict(lr=1e-3, max_lr=1e-2), "sgd": dict(lr=0.05, max_lr=0.3)}
+# Momentum (SGD) or beta1 (Adam family): Smith's 1-cycle range 0.95 -> 0.85, else about 0.9.
+MOMENTUM = (0.85, 0.95)
+MAX_MOMENTUM, BASE_MOMENTUM = (0.9, 0.99), (0.8, 0.9)
+START = dict(lr_shift=0.0, decay_shift=0.0, momentum=0.9, max_momentum=0.95, base_momentum=0.85,
+             base_div=4.0, mode="triangular2", eta_min_ratio=0.01)
 
 
 def _family(optimizer: str) -> str:
     return "adaptive" if optimizer.startswith("adam") else "sgd"
 
 
-def _sgdr_plans(total_steps: int, steps_per_epoch: int) -> dict[str, tuple[int, int]]:
-    """Optuna-friendly labels for the (T_0, T_mult) whose restarts end exactly at the budget,
-    shortest first cycle last."""
-    return {f"T_0={t0},T_mult={tm}": (t0, tm)
-            for t0, tm, _ in sgdr_plans(total_steps, T_mults=(1, 2), min_T_0=steps_per_epoch)}
+def _sgdr_plans(epochs: int, steps_per_epoch: int) -> dict[str, dict]:
+    """Labels for the SGDR plans whose restarts fall on epoch boundaries (where the stopper compares
+    trials) and end exactly at the budget, with at most 10 % of it as warm-up; shortest first
+    cycle last."""
+    plans = sgdr_plans(epochs, T_mults=(1, 2), min_T_0=1, max_warmup=epochs // 10)
+    return {f"T_0={t0}ep,T_mult={tm}" + (f",warmup={w}ep" if w else ""):
+            dict(T_0=t0 * steps_per_epoch, T_mult=tm, warmup_steps=w * steps_per_epoch)
+            for t0, tm, _, w in plans}
 
 
-def space(trial: optuna.Trial, cfg: SweepConfig, steps_per_epoch: int, constants: dict) -> dict:
-    trial.suggest_categorical("optimizer", cfg.optimizers)
+def _epochs_up(cfg: SweepConfig) -> tuple[int, int]:
+    """CLR half-cycles of 2..10 epochs (Smith), at least one whole cycle within the budget."""
+    hi = max(1, min(10, cfg.epochs // 2))
+    return min(2, hi), hi
+
+
+def _lr(trial, seed: OptimizerSeed | None, name: str, centre) -> float:
+    """`name` ("lr" or "max_lr"): blind, log-uniform over LR_RANGE; seeded, the centre shifted."""
+    if seed is None:
+        return trial.suggest_float(name, *LR_RANGE, log=True)
+    return centre(seed) * 10 ** trial.suggest_float("lr_shift", *SHIFT)
+
+
+def _decay(trial, seed: OptimizerSeed | None) -> dict:
+    if seed is None:
+        return dict(weight_decay=trial.suggest_float("weight_decay", *DECAY_RANGE, log=True))
+    if seed.lambda_band is None:
+        return dict(weight_decay=0.0, lambda_norm=0.0)
+    lo, hi = seed.lambda_band
+    lam = (lo * hi) ** 0.5 * 10 ** trial.suggest_float("decay_shift", *SHIFT)
+    return dict(weight_decay=lam * seed.decay_scale, lambda_norm=lam)
+
+
+def _one_cycle(trial, cfg, seed, steps_per_epoch) -> dict:
+    return dict(max_lr=_lr(trial, seed, "max_lr", lambda s: s.max_lr),
+                max_momentum=trial.suggest_float("max_momentum", *MAX_MOMENTUM),
+                base_momentum=trial.suggest_float("base_momentum", *BASE_MOMENTUM))
+
+
+def _cyclic(trial, cfg, seed, steps_per_epoch) -> dict:
+    max_lr = _lr(trial, seed, "max_lr", lambda s: s.max_lr)
+    base_div = trial.suggest_float("base_div", 3.0, 10.0)  # Smith: base_lr = max_lr/10 .. max_lr/3
+    epochs_up = trial.suggest_int("epochs_up", *_epochs_up(cfg))
+    trial.suggest_categorical("mode", ["triangular", "triangular2"])
+    return dict(max_lr=max_lr, base_lr=max_lr / base_div, step_size_up=epochs_up * steps_per_epoch,
+                momentum=trial.suggest_float("momentum", *MOMENTUM))
+
+
+def _sgdr(trial, cfg, seed, steps_per_epoch) -> dict:
+    lr = _lr(trial, seed, "lr", lambda s: s.sgdr_peak)
+    plans = _sgdr_plans(cfg.epochs, steps_per_epoch)
+    plan = plans[trial.suggest_categorical("sgdr_plan", sorted(plans))]
+    ratio = trial.suggest_float("eta_min_ratio", 1e-3, 1e-1, log=True)
+    return dict(lr=lr, eta_min=lr * ratio, **plan, momentum=trial.suggest_float("momentum", *MOMENTUM))
+
+
+def _constant(trial, cfg, seed, steps_per_epoch) -> dict:
+    return dict(lr=_lr(trial, seed, "lr", lambda s: s.lr),
+                momentum=trial.suggest_float("momentum", *MOMENTUM))
+
+
+SPACES = dict(one_cycle=_one_cycle, cyclic=_cyclic, sgdr=_sgdr, constant=_constant)
+
+
+def space(trial: optuna.Trial, cfg: SweepConfig, steps_per_epoch: int, constants: dict,
+          seeds: dict[str, OptimizerSeed] | None = None) -> dict:
+    optimizer = trial.suggest_categorical("optimizer", cfg.optimizers)
     schedule = trial.suggest_categorical("schedule", cfg.schedules)
-    trial.suggest_float("weight_decay", *DECAY_RANGE, log=True)
-    total = cfg.epochs * steps_per_epoch
-    if schedule in ("one_cycle", "cyclic"):
-        max_lr = trial.suggest_float("max_lr", *LR_RANGE, log=True)
-    else:
-        trial.suggest_float("lr", *LR_RANGE, log=True)
-    if schedule == "cyclic":
-        base_div = trial.suggest_float("base_div", 3.0, 10.0)  # Smith: base_lr = max_lr/3 .. max_lr/10
-        epochs_up = trial.suggest_int("epochs_up", 1, max(1, min(10, cfg.epochs // 2)))
-        trial.suggest_categorical("mode", ["triangular", "triangular2"])
-        constants = dict(constants, base_lr=max_lr / base_div, step_size_up=epochs_up * steps_per_epoch)
-    if schedule == "sgdr":
-        plans = _sgdr_plans(total, steps_per_epoch)
-        plan = trial.suggest_categorical("sgdr_plan", sorted(plans))
-        T_0, T_mult = plans[plan]
-        constants = dict(constants, T_0=T_0, T_mult=T_mult)
-    return constants
+    seed = (seeds or {}).get(optimizer)
+    decay = _decay(trial, seed)
+    return dict(constants, **decay, **SPACES[schedule](trial, cfg, seed, steps_per_epoch))
 
 
-def start_points(cfg: SweepConfig, steps_per_epoch: int) -> list[dict]:
-    """One point per optimizer x schedule, so that a short sweep covers every combination."""
+def start_points(cfg: SweepConfig, steps_per_epoch: int,
+                 seeds: dict[str, OptimizerSeed] | None = None) -> list[dict]:
+    """One point per optimizer x schedule, so that a short sweep covers every combination. With
+    seeds, these are the range tests' suggestions themselves (no shift)."""
     points = []
-    total = cfg.epochs * steps_per_epoch
+    epochs_up = max(_epochs_up(cfg)[0], min(_epochs_up(cfg)[1], cfg.epochs // 4))
+    plans = list(_sgdr_plans(cfg.epochs, steps_per_epoch))
     for optimizer in cfg.optimizers:
+        seeded = (seeds or {}).get(optimizer) is not None
         for schedule in cfg.schedules:
-            p = dict(optimizer=optimizer, schedule=schedule, weight_decay=1e-4)
-            start = BLIND_START[_family(optimizer)]
-            if schedule in ("one_cycle", "cyclic"):
-                p["max_lr"] = start["max_lr"]
-            else:
-                p["lr"] = start["lr"]
+            p = dict(optimizer=optimizer, schedule=schedule, **_relevant(schedule, seeded))
+            if not seeded:
+                p["weight_decay"] = 1e-4
+                p["max_lr" if schedule in ("one_cycle", "cyclic") else "lr"] = \
+                    BLIND_START[_family(optimizer)]["max_lr" if schedule in ("one_cycle", "cyclic") else "lr"]
+            elif seeds[optimizer].lambda_band is None:
+                p.pop("decay_shift")
             if schedule == "cyclic":
-                p.update(base_div=4.0, epochs_up=max(1, min(10, cfg.epochs // 4)), mode="triangular2")
+                p["epochs_up"] = epochs_up
             if schedule == "sgdr":
-                p["sgdr_plan"] = list(_sgdr_plans(total, steps_per_epoch))[-1]
+                p["sgdr_plan"] = plans[-1]
             points.append(p)
     return points
 
 
+def _relevant(schedule: str, seeded: bool) -> dict:
+    keys = {"one_cycle": ("max_momentum", "base_momentum"), "cyclic": ("base_div", "mode", "momentum"),
+            "sgdr": ("eta_min_ratio", "momentum"), "constant": ("momentum",)}[schedule]
+    if seeded:
+        keys += ("lr_shift", "decay_shift")
+    return {k: START[k] for k in keys}
+
+
+class _FinalValueSearch(OptunaSearch):
+    """OptunaSearch that tells the study each trial's final value but skips Ray's per-epoch
+    `trial.report`: that is one sqlite commit (~6 ms) in the driver's loop per epoch of every trial,
+    while the trial waits, and nothing reads it — stopping is Tune's scheduler, not an Optuna pruner,
+    and the per-epoch curves are in MLflow."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass
+
+
+def objectives(cfg: SweepConfig, metric: str) -> tuple[list[str], list[str]]:
+    """Optuna's objectives and directions: the task's metric, then the optional second one."""
+    second = {"epochs_to_target": "epochs_to_target", "wall_time": "time_total_s"}
+    if cfg.search.also_minimize is None:
+        return [metric], ["max"]
+    return [metric, second[cfg.search.also_minimize]], ["max", "min"]
+
+
 def searcher(cfg: SweepConfig, metric: str, study_name: str, steps_per_epoch: int,
-             constants: dict) -> OptunaSearch:
+             constants: dict, seeds: dict[str, OptimizerSeed] | None = None) -> OptunaSearch:
     sampler = (optuna.samplers.TPESampler(seed=cfg.search.seed) if cfg.search.algorithm == "optuna"
                else optuna.samplers.RandomSampler(seed=cfg.search.seed))
     storage = optuna.storages.RDBStorage(cfg.tracking.optuna_storage)
-    return OptunaSearch(space=functools.partial(space, cfg=cfg, steps_per_epoch=steps_per_epoch,
-                                                constants=constants),
-                        metric=metric, mode="max", sampler=sampler, storage=storage,
-                        study_name=study_name,
-                        points_to_evaluate=start_points(cfg, steps_per_epoch)[:cfg.search.num_samples])
+    metrics, modes = objectives(cfg, metric)
+    return _FinalValueSearch(
+        space=functools.partial(space, cfg=cfg, steps_per_epoch=steps_per_epoch, constants=constants,
+                                seeds=seeds),
+        metric=metrics if len(metrics) > 1 else metrics[0], mode=modes if len(modes) > 1 else modes[0],
+        sampler=sampler, storage=storage, study_name=study_name,
+        points_to_evaluate=start_points(cfg, steps_per_epoch, seeds)[:cfg.search.num_samples])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -15,13 +16,15 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from trainables.tasks import load_task
 from trainables.trainable import train
 
-from . import search, tracking
+from . import search, seeding, tracking
 from .config import ConfigError, SweepConfig
 from .plots import plot_schedule
+from .stopping import ScheduleFairStopping
 
 
 @dataclass
@@ -32,6 +35,7 @@ class SweepResult:
     trials: list[dict]  # one per trial: trial_id, config, result (the last), checkpoint, error
     wall_time: float
     started_at: float  # time.time() when the sweep began (trial timestamps are on that clock)
+    seeds: dict | None = None  # optimizer -> OptimizerSeed, when the search was seeded
 
     def best(self, n: int = 5) -> list[dict]:
         done = [t for t in self.trials if t["result"].get(self.metric) is not None]
@@ -77,38 +81,88 @@ def init_ray(address: str | None = None) -> None:
              runtime_env={"env_vars": {"PYTHONPATH": path}})
 
 
-def run_sweep(cfg: SweepConfig, *, verbose: int = 1) -> SweepResult:
+def find_sweep(cfg: SweepConfig) -> str:
+    """The newest sweep directory of this config's name under its storage path (for --resume)."""
+    root = Path(_abs(cfg.storage_path or "ray_results"))
+    found = sorted(p for p in root.glob(f"{cfg.name}-*") if re.fullmatch(rf"{re.escape(cfg.name)}-\d{{8}}-\d{{6}}", p.name))
+    if not found:
+        raise ConfigError(f"--resume: no sweep named {cfg.name!r} under {root} to resume "
+                          f"(directories {cfg.name}-YYYYmmdd-HHMMSS); run it without --resume first")
+    return str(found[-1])
+
+
+def seed_search(cfg: SweepConfig, task, model: str, sweep: tracking.Sweep, verbose: int = 1) -> dict:
+    """The range tests (as Ray tasks), each logged as a nested MLflow run, read into seeds by the
+    seeding rules; a resumed sweep reuses the seeds it logged. Raises SeedingRefused."""
+    logged = sweep.load_seeds()
+    if logged is not None:
+        return {k: seeding.OptimizerSeed(**dict(v, lambda_band=tuple(v["lambda_band"]) if v["lambda_band"] else None))
+                for k, v in logged.items()}
+    t0 = time.perf_counter()
+    outcomes = seeding.run_range_tests(cfg, model)
+    settings = seeding.settings(cfg, model)
+    for o in outcomes:
+        sweep.log_range_test(o, settings)
+    try:
+        seeds = seeding.seeds(outcomes, cfg, task.train_size)
+    except seeding.SeedingRefused:
+        sweep.client.set_tag(sweep.run_id, "lrtune.stopped_by", "range_test")
+        raise
+    sweep.log_seeds(seeds)
+    sweep.client.log_metric(sweep.run_id, "range_test_seconds", sum(o.seconds for o in outcomes))
+    sweep.client.log_metric(sweep.run_id, "range_test_wall_s", time.perf_counter() - t0)
+    if verbose:
+        print(seeding.describe(outcomes, seeds), flush=True)
+    return seeds
+
+
+def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> SweepResult:
     task, model = prepare(cfg)
     steps = task.steps_per_epoch(cfg.batch_size)
-    name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = find_sweep(cfg) if resume else None
+    name = Path(path).name if path else f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     constants = dict(task=cfg.task, model=model, epochs=cfg.epochs, batch_size=cfg.batch_size,
                      data_dir=_abs(cfg.data_dir), threads=cfg.threads_per_trial,
-                     gpu=cfg.resources.gpu, seed=cfg.seed)
+                     gpu=cfg.resources.gpu, seed=cfg.seed, seeds=cfg.seeds, target=cfg.search.target)
     init_ray()
-    sweep = tracking.Sweep(cfg.tracking.mlflow_uri, cfg.tracking.experiment, name, cfg.model_dump())
+    # Tune's own result files (progress.csv, result.json) stay; its TensorBoard logger goes: MLflow is
+    # the tracking UI, and the event writer costs ~6 ms of the driver's loop per epoch of every trial.
+    # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 in the environment brings it back.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    sweep = tracking.Sweep(cfg.tracking.mlflow_uri, cfg.tracking.experiment, name, cfg.model_dump(),
+                           resume=resume)
     trial_runs = tracking.TrialRuns(sweep, functools.partial(plot_schedule, steps_per_epoch=steps))
     status = "FAILED"
     t0, started_at = time.perf_counter(), time.time()
     try:
-        tuner = tune.Tuner(
-            tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}),
-            tune_config=tune.TuneConfig(
-                search_alg=search.searcher(cfg, task.metric_name, name, steps, constants),
-                num_samples=cfg.search.num_samples, max_concurrent_trials=cfg.search.max_concurrent,
-                reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
-            run_config=tune.RunConfig(
-                name=name, storage_path=_abs(cfg.storage_path or "ray_results"), verbose=verbose,
-                stop=_last_epoch,
-                callbacks=[trial_runs],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=2)))
+        seeds = seed_search(cfg, task, model, sweep, verbose) if cfg.search.seeded else None
+        trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+        callbacks = [trial_runs, CSVLoggerCallback(), JsonLoggerCallback()]
+        if path and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+            # Tune restores the callbacks it pickled; use this run's (no public API: ray#41364).
+            tuner._local_tuner.get_run_config().callbacks = callbacks
+        else:
+            metrics, modes = search.objectives(cfg, task.metric_name)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=search.searcher(cfg, task.metric_name, name, steps, constants, seeds),
+                    scheduler=_scheduler(cfg, task.metric_name),
+                    num_samples=cfg.search.num_samples, max_concurrent_trials=cfg.search.max_concurrent,
+                    reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=_abs(cfg.storage_path or "ray_results"), verbose=verbose,
+                    stop=_last_epoch, callbacks=callbacks,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    failure_config=tune.FailureConfig(max_failures=2)))
         grid = tuner.fit()
         trial_runs.close()
         trials = [dict(trial_id=r.metrics.get("trial_id"), config=r.config, result=r.metrics,
                        checkpoint=r.checkpoint, error=str(r.error) if r.error else None) for r in grid]
         status = "FINISHED"
         result = SweepResult(name, sweep.run_id, task.metric_name, trials, time.perf_counter() - t0,
-                             started_at)
+                             started_at, seeds)
         best = result.best(1)
         sweep.end(status, best_metric=best[0]["result"][task.metric_name] if best else None,
                   trials=len(trials), wall_time=result.wall_time)
@@ -122,6 +176,13 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1) -> SweepResult:
                 trial_runs.close(abandoned=status)
             finally:
                 sweep.end(status)
+
+
+def _scheduler(cfg: SweepConfig, metric: str):
+    if cfg.stopping.scheduler == "none":
+        return None
+    return ScheduleFairStopping(metric, "max", grace_period=cfg.stopping.grace_period or max(1, cfg.epochs // 4),
+                                reduction_factor=cfg.stopping.reduction_factor, max_epochs=cfg.epochs)
 
 
 def print_summary(result: SweepResult, cfg: SweepConfig, out=None) -> None:

@@ -19,24 +19,76 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from trainables.workflow import workflow_of
+
 PARENT_TAG = "mlflow.parentRunId"
-METRICS = ("train_loss", "val_loss", "accuracy", "r2", "lr", "momentum", "epoch_time")
+METRICS = ("train_loss", "val_loss", "accuracy", "r2", "accuracy_std", "r2_std", "lr", "momentum",
+           "epoch_time", "epochs_to_target")
 HIDDEN = {"task", "data_dir", "threads", "gpu"}  # constants logged once on the parent
+WORKFLOW_ARTIFACT = "workflow.yaml"  # each trial's re-runnable workflow (`lrtune export`, `lrtune train`)
 
 
 class Sweep:
-    """The parent run of one sweep."""
+    """The parent run of one sweep. `resume=True` reopens the parent run of the sweep named `name`
+    (an interrupted one) instead of creating another."""
 
-    def __init__(self, uri: str, experiment: str, name: str, config: dict):
+    def __init__(self, uri: str, experiment: str, name: str, config: dict, resume: bool = False):
         self.client = MlflowClient(tracking_uri=uri)
+        self.name = name
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        if resume:
+            found = self.client.search_runs([self.experiment_id], max_results=2, filter_string=(
+                f"tags.`lrtune.kind` = 'sweep' and tags.`lrtune.sweep` = '{name}'"))
+            if len(found) != 1:
+                raise RuntimeError(f"expected one MLflow parent run tagged lrtune.sweep={name!r} in "
+                                   f"experiment {experiment!r} to resume, found {len(found)}")
+            self.run_id = found[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, "lrtune.resumed", "true")
+            return
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={"lrtune.kind": "sweep", "lrtune.sweep": name})
         self.run_id = run.info.run_id
         flat = _flatten(config)
         self.client.log_batch(self.run_id, params=[Param(k, _short(v)) for k, v in flat.items()])
         self.client.log_text(self.run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+
+    def log_range_test(self, outcome, settings: dict) -> str:
+        """A nested run for one range test: settings as params, the suggestion as metrics, the
+        diagnosis as tags, the curve as a plot and as JSON."""
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"range-test-{outcome.optimizer}-wd{outcome.weight_decay:g}",
+            tags={PARENT_TAG: self.run_id, "lrtune.kind": "range_test", "optimizer": outcome.optimizer,
+                  "weight_decay": f"{outcome.weight_decay:g}", "status": outcome.status,
+                  "diagnosis": outcome.message[:5000]})
+        rid, now = run.info.run_id, int(time.time() * 1000)
+        params = dict(settings, optimizer=outcome.optimizer, weight_decay=outcome.weight_decay)
+        metrics = {"suggested_lr": outcome.lr, "suggested_max_lr": outcome.max_lr,
+                   "spread_decades": outcome.spread, "seconds": outcome.seconds}
+        self.client.log_batch(rid, params=[Param(k, _short(v)) for k, v in sorted(params.items())],
+                              metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None])
+        self.client.log_dict(rid, dict(lrs=outcome.lrs, raw_losses=outcome.raw_losses, status=outcome.status,
+                                       message=outcome.message, lr=outcome.lr, max_lr=outcome.max_lr,
+                                       spread=outcome.spread), "range_test.json")
+        if outcome.plot_png:
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "range_test.png").write_bytes(outcome.plot_png)
+                self.client.log_artifact(rid, str(Path(d) / "range_test.png"))
+        self.client.set_terminated(rid, "FINISHED")
+        return rid
+
+    def log_seeds(self, seeds: dict) -> None:
+        self.client.log_dict(self.run_id, {k: v.to_dict() for k, v in seeds.items()}, "seeds.json")
+
+    def load_seeds(self) -> dict | None:
+        """The seeds logged by this sweep before an interruption (None when none were)."""
+        import mlflow.artifacts
+
+        try:
+            return mlflow.artifacts.load_dict(f"runs:/{self.run_id}/seeds.json")
+        except Exception:  # noqa: BLE001 - MLflow raises various errors for a missing artifact
+            return None
 
     def end(self, status: str = "FINISHED", **summary) -> None:
         if summary:
@@ -80,6 +132,13 @@ class TrialRuns(tune.Callback):
         self._pending.append(self._pool.submit(fn, *args))
 
     def _run_id(self, trial_id: str, cfg: dict) -> str:
+        if trial_id not in self.runs:  # a resumed sweep may already have it
+            found = self.client.search_runs([self.sweep.experiment_id], max_results=1, filter_string=(
+                f"tags.`{PARENT_TAG}` = '{self.sweep.run_id}' and tags.`lrtune.trial_id` = '{trial_id}'"))
+            if found:
+                self.runs[trial_id] = found[0].info.run_id
+                if found[0].info.status == "RUNNING":
+                    self.open.add(found[0].info.run_id)
         if trial_id not in self.runs:
             run = self.client.create_run(
                 self.sweep.experiment_id, run_name=f"{cfg.get('optimizer')}-{cfg.get('schedule')}-{trial_id}",
@@ -126,6 +185,7 @@ class TrialRuns(tune.Callback):
         epochs = float(self.last.get(trial_id, {}).get("epoch", 0))
         self.client.log_batch(run_id, tags=[RunTag("status", status)],
                               metrics=[Metric("epochs_run", epochs, int(time.time() * 1000), 0)])
+        self.client.log_text(run_id, yaml.safe_dump(workflow_of(cfg), sort_keys=False), WORKFLOW_ARTIFACT)
         if self.plot_schedule is not None:
             with tempfile.TemporaryDirectory() as d:
                 self.client.log_artifact(run_id, self.plot_schedule(cfg, str(Path(d) / "lr_schedule.png")))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, CyclicLR, OneCycleLR
 
-from schedules import constant, cyclic, one_cycle, sgdr, sgdr_plans, sgdr_total_steps
+from schedules import at_cycle_end, constant, cyclic, one_cycle, sgdr, sgdr_plans, sgdr_total_steps
 
 
 def _opt(kind="sgd", lr=0.1):
@@ -177,9 +177,43 @@ def test_cycle_momentum_needs_momentum_or_betas():
 
 def test_sgdr_plans_end_exactly_at_the_budget():
     plans = sgdr_plans(800, T_mults=(1, 2, 3), max_restarts=5)
-    assert (800, 1, 1) in plans and (160, 1, 5) in plans and (200, 3, 2) in plans
-    assert all(sgdr_total_steps(T_0, T_mult, n) == 800 for T_0, T_mult, n in plans)
-    assert (100, 2, 3) not in plans  # 100 + 200 + 400 = 700: would stop mid-cycle
-    assert [p for p in plans if p[2] == 1] == [(800, 1, 1)]  # a single cycle is listed once
+    assert (800, 1, 1, 0) in plans and (160, 1, 5, 0) in plans and (200, 3, 2, 0) in plans
+    assert all(sgdr_total_steps(T_0, T_mult, n) == 800 and w == 0 for T_0, T_mult, n, w in plans)
+    assert not [p for p in plans if p[1] == 2]  # 3, 7 and 15 periods do not divide 800
+    assert [p for p in plans if p[2] == 1] == [(800, 1, 1, 0)]  # a single cycle is listed once
+    # a warm-up takes up the remainder: 20 epochs = 2 + 6 + 12; 7 periods would need 6 of warm-up
+    warm = sgdr_plans(20, T_mults=(1, 2), max_warmup=2)
+    assert (6, 2, 2, 2) in warm and not [p for p in warm if p[1] == 2 and p[2] > 2]
+    assert all(w + sgdr_total_steps(T_0, T_mult, n) == 20 and w <= 2 for T_0, T_mult, n, w in warm)
+    lrs = _lrs(lambda o: sgdr(o, 6, 2, warmup_steps=2), 21)
+    assert max(lrs[:2]) < 0.1 and lrs[2] == pytest.approx(0.1) and lrs[8] == pytest.approx(0.1)
     lrs = _lrs(lambda o: sgdr(o, 200, 3), 801)
     assert lrs[200] == pytest.approx(0.1) and lrs[799] < 1e-5  # last step at the minimum
+
+
+@pytest.mark.parametrize("name,params,total", [
+    ("sgdr", dict(T_0=7), 35), ("sgdr", dict(T_0=5, T_mult=2), 35),
+    ("sgdr", dict(T_0=6, T_mult=2, warmup_steps=3), 21), ("cyclic", dict(step_size_up=4), 40),
+    ("one_cycle", {}, 30), ("constant", {}, 12)])
+def test_cycle_ends_are_where_the_lr_is_at_its_cycle_minimum(name, params, total):
+    """Read off torch's own LR trace: a cycle ends after step s when the LR of step s-1 was the
+    lowest of its cycle, i.e. the next LR jumps back up (sgdr), is back at base_lr (cyclic), or the
+    run is over (one_cycle); constant has no cycle, every step is a fair point."""
+    from trainables.workflow import build_schedule
+
+    opt = _opt(lr=0.1)
+    p = dict(params, max_lr=0.1, base_lr=0.01, eta_min=0.0)
+    steps = total if name == "one_cycle" else total + 1  # one more step shows the restart
+    lrs = [lr for lr, _ in _trace(opt, build_schedule(name, opt, steps, **p), steps)]
+    if name == "sgdr":
+        expected = {s for s in range(1, total) if lrs[s] > lrs[s - 1] and s > params.get("warmup_steps", 0)}
+        expected.add(total)
+    elif name == "cyclic":
+        expected = {s for s in range(1, total + 1) if math.isclose(lrs[s], 0.01)}
+    elif name == "one_cycle":
+        assert lrs[-1] == min(lrs)  # its last step is its lowest LR
+        expected = {total}
+    else:
+        expected = set(range(1, total + 1))
+    got = {s for s in range(-1, total + 3) if at_cycle_end(name, s, total, **p)}
+    assert got == expected

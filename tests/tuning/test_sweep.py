@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import artifacts as mlflow_artifacts
 from mlflow.tracking import MlflowClient
 
 from tuning.cli import main
@@ -31,7 +32,8 @@ def _runs(tmp_path, experiment):
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("lrtune.kind") == "sweep"]
     trials = [r for r in runs if r.data.tags.get("lrtune.kind") == "trial"]
-    return client, parents, trials
+    range_tests = [r for r in runs if r.data.tags.get("lrtune.kind") == "range_test"]
+    return client, parents, trials, range_tests
 
 
 def test_smoke_sweep_end_to_end_run_tree(ray_session, tmp_path, monkeypatch, capsys):
@@ -41,11 +43,23 @@ def test_smoke_sweep_end_to_end_run_tree(ray_session, tmp_path, monkeypatch, cap
     out = capsys.readouterr().out
     assert "mlflow ui --backend-store-uri sqlite:///" in out and "rank" in out
 
-    client, parents, trials = _runs(tmp_path, "smoke")
+    client, parents, trials, range_tests = _runs(tmp_path, "smoke")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
     assert parent.data.params["epochs"] == "2" and parent.data.params["task"] == "digits"
-    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["config.yaml", "summary.json"]
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["config.yaml", "seeds.json", "summary.json"]
+    # one range test per optimizer x weight decay, nested under the sweep, with plot and curve
+    assert sorted((r.data.tags["optimizer"], float(r.data.tags["weight_decay"])) for r in range_tests) == [
+        ("adamw", 0.0), ("adamw", 1e-4), ("sgdw", 0.0), ("sgdw", 1e-4)]
+    for r in range_tests:
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.data.tags["status"] == "ok"
+        assert r.data.metrics["suggested_lr"] == pytest.approx(r.data.metrics["suggested_max_lr"] / 4)
+        assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["range_test.json", "range_test.png"]
+    seeds = mlflow_artifacts.load_dict(f"runs:/{parent.info.run_id}/seeds.json")
+    tested = {(r.data.tags["optimizer"], float(r.data.tags["weight_decay"])): r.data.metrics["suggested_max_lr"]
+              for r in range_tests}
+    for opt, seed in seeds.items():  # the seed's max_lr is its chosen decay's suggestion
+        assert seed["max_lr"] == pytest.approx(tested[(opt, seed["weight_decay"])])
     assert len(trials) == cfg["search"]["num_samples"]
     for t in trials:
         assert t.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -56,9 +70,10 @@ def test_smoke_sweep_end_to_end_run_tree(ray_session, tmp_path, monkeypatch, cap
         assert sorted(m.step for m in history) == [1, 2]
         for key in ("train_loss", "val_loss", "lr", "momentum", "epoch_time"):
             assert len(client.get_metric_history(t.info.run_id, key)) == 2, key
-        assert [a.path for a in client.list_artifacts(t.info.run_id)] == ["lr_schedule.png"]
-    # the four warm-start points of the first optimizer cover the four schedules
+        assert [a.path for a in client.list_artifacts(t.info.run_id)] == ["lr_schedule.png", "workflow.yaml"]
+    # the four warm-start points of the first optimizer cover the four schedules, at its seed
     assert {t.data.tags["schedule"] for t in trials} == {"one_cycle", "cyclic", "sgdr", "constant"}
+    assert all(float(t.data.params["lr_shift"]) == 0.0 for t in trials)
     assert max(t.data.metrics["accuracy"] for t in trials) > 0.8
     # the Optuna study is in the sqlite file, named after the sweep, for optuna-dashboard
     import optuna
@@ -73,9 +88,9 @@ def test_user_task_runs_and_a_diverged_trial_is_recorded(ray_session, tmp_path, 
     monkeypatch.chdir(tmp_path)
     cfg = _local(dict(name="fragile", task="tests.tuning.user_tasks:fragile", epochs=3, batch_size=50,
                       optimizers=["adamw", "sgdw"], schedules=["constant"],
-                      search=dict(num_samples=2, max_concurrent=2)), tmp_path)
+                      search=dict(num_samples=2, max_concurrent=2, seeded=False)), tmp_path)
     assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
-    client, parents, trials = _runs(tmp_path, "fragile")
+    client, parents, trials, _ = _runs(tmp_path, "fragile")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     by_opt = {t.data.tags["optimizer"]: t for t in trials}
     assert by_opt.keys() == {"adamw", "sgdw"}
@@ -147,7 +162,7 @@ def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_pa
     data.mkdir()
     cfg = parse(_local(dict(name="flaky", task="tests.tuning.user_tasks:flaky", data_dir=str(data),
                             epochs=5, batch_size=50, optimizers=["adamw"], schedules=["one_cycle"],
-                            search=dict(num_samples=1, max_concurrent=1)), tmp_path))
+                            search=dict(num_samples=1, max_concurrent=1, seeded=False)), tmp_path))
     result = run_sweep(cfg, verbose=0)
     assert (data / "crashed-once").exists()  # it did crash
     [trial] = result.trials
@@ -163,9 +178,9 @@ def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_pa
     while not through.done:
         through.train_epoch()
     for k, v in through.model.state_dict().items():
-        assert torch.equal(v, resumed["model"][k]), k
+        assert torch.equal(v, resumed["run"]["replicas"][0]["model"][k]), k
 
-    client, parents, trials = _runs(tmp_path, "flaky")
+    client, parents, trials, _ = _runs(tmp_path, "flaky")
     assert len(trials) == 1 and trials[0].data.tags["status"] == "finished"
     # each epoch logged once: a restart from scratch would have logged epochs 1 and 2 twice
     assert sorted(m.step for m in client.get_metric_history(trials[0].info.run_id, "r2")) == [1, 2, 3, 4, 5]

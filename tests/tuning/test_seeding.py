@@ -1,0 +1,147 @@
+"""The seeding rules (tuning/seeding.py docstring), checked against fabricated range-test results:
+the chosen decay, the bands the seeded space searches, and the warm-start points."""
+
+import math
+
+import optuna
+import pytest
+
+from schedules import normalized_weight_decay, sgdr_total_steps
+from tuning import search
+from tuning.config import parse
+from tuning.seeding import RangeTestOutcome, SeedingRefused, seeds
+
+TRAIN_SIZE, STEPS = 4000, 40  # MNIST-1D's training set, batch 100
+CFG = parse(dict(epochs=20, batch_size=100, optimizers=["adamw", "sgdw"],
+                 range_test=dict(weight_decays=[0, 1e-5, 1e-4, 1e-3])))
+SCALE = math.sqrt(100 / (TRAIN_SIZE * 20))
+
+
+def _outcome(optimizer, wd, max_lr, status="ok", spread=0.0):
+    ok = status == "ok"
+    return RangeTestOutcome(optimizer=optimizer, weight_decay=wd, status=status, message=f"{status} message",
+                            lr=max_lr / 4 if ok else None, max_lr=max_lr if ok else None,
+                            spread=spread if ok else None, lrs=[], raw_losses=[], seconds=1.0)
+
+
+OUTCOMES = [
+    # adamw: 0, 1e-5 and 1e-4 allow the same LR within 0.1 decade; 1e-3 costs LR -> 1e-4 is chosen
+    _outcome("adamw", 0, 0.050), _outcome("adamw", 1e-5, 0.049), _outcome("adamw", 1e-4, 0.045),
+    _outcome("adamw", 1e-3, 0.020),
+    # sgdw: no decay allows the largest LR by far
+    _outcome("sgdw", 0, 0.9), _outcome("sgdw", 1e-5, 0.5), _outcome("sgdw", 1e-4, 0.4),
+    _outcome("sgdw", 1e-3, 0.3),
+]
+
+
+def test_the_chosen_decay_and_its_normalized_band():
+    s = seeds(OUTCOMES, CFG, TRAIN_SIZE)
+    adamw, sgdw = s["adamw"], s["sgdw"]
+    assert adamw.weight_decay == 1e-4 and adamw.max_lr == 0.045 and adamw.lr == 0.045 / 4
+    assert adamw.decay_scale == pytest.approx(SCALE)
+    assert adamw.lambda_norm == pytest.approx(1e-4 / SCALE)
+    # lambda_norm = wd / sqrt(b/(B T)) is the value normalized_weight_decay turns back into wd
+    assert normalized_weight_decay(adamw.lambda_norm, 100, TRAIN_SIZE, 20) == pytest.approx(1e-4)
+    lo, hi = adamw.lambda_band
+    assert lo == pytest.approx(adamw.lambda_norm / 10**0.5) and hi == pytest.approx(adamw.lambda_norm * 10**0.5)
+    assert sgdw.weight_decay == 0 and sgdw.max_lr == 0.9
+    lo, hi = sgdw.lambda_band  # a decade below the smallest non-zero decay tested
+    assert math.sqrt(lo * hi) == pytest.approx(1e-5 / SCALE / 10)
+
+
+def test_a_wide_spread_widens_the_tie_and_only_zero_tested_fixes_the_decay():
+    noisy = [_outcome("adamw", 0, 0.05, spread=0.3), _outcome("adamw", 1e-3, 0.03, spread=0.3)]
+    cfg = parse(dict(optimizers=["adamw"], epochs=20, batch_size=100))
+    assert seeds(noisy, cfg, TRAIN_SIZE)["adamw"].weight_decay == 1e-3  # 0.22 decades < 0.3 spread
+    only_zero = seeds([_outcome("adamw", 0, 0.05)], cfg, TRAIN_SIZE)["adamw"]
+    assert only_zero.lambda_band is None
+    trial = optuna.trial.FixedTrial(dict(optimizer="adamw", schedule="constant", lr_shift=0.0, momentum=0.9))
+    config = search.space(trial, cfg, STEPS, {}, {"adamw": only_zero})
+    assert config["weight_decay"] == 0.0 and "decay_shift" not in trial.params
+
+
+def test_a_refusal_stops_or_goes_blind_as_configured():
+    refused = [_outcome("adamw", 0, 0.05), _outcome("sgdw", 0, 0, status="no_descent")]
+    cfg = parse(dict(optimizers=["adamw", "sgdw"]))
+    with pytest.raises(SeedingRefused, match="sgdw weight_decay=0: no_descent: no_descent message") as e:
+        seeds(refused, cfg, TRAIN_SIZE)
+    assert "range_test.on_refusal: blind" in str(e.value)
+    blind = parse(dict(optimizers=["adamw", "sgdw"], range_test=dict(on_refusal="blind")))
+    assert set(seeds(refused, blind, TRAIN_SIZE)) == {"adamw"}  # sgdw is searched blind
+
+
+def _config(s, **params):
+    trial = optuna.trial.FixedTrial(params)
+    return search.space(trial, CFG, STEPS, {"epochs": 20}, s)
+
+
+@pytest.mark.parametrize("shift", [-0.5, 0.0, 0.5])
+def test_seeded_space_bounds_follow_from_the_range_test(shift):
+    s = seeds(OUTCOMES, CFG, TRAIN_SIZE)
+    a = s["adamw"]
+    common = dict(optimizer="adamw", lr_shift=shift, decay_shift=shift)
+    one = _config(s, **common, schedule="one_cycle", max_momentum=0.95, base_momentum=0.85)
+    assert one["max_lr"] == pytest.approx(a.max_lr * 10**shift)  # one decade around max_lr
+    assert one["lambda_norm"] == pytest.approx(a.lambda_norm * 10**shift)
+    assert one["weight_decay"] == pytest.approx(normalized_weight_decay(one["lambda_norm"], 100, TRAIN_SIZE, 20))
+    for base_div in (3.0, 10.0):  # Smith: base_lr from max_lr/10 to max_lr/3
+        cyc = _config(s, **common, schedule="cyclic", base_div=base_div, epochs_up=2, mode="triangular", momentum=0.9)
+        assert cyc["base_lr"] == pytest.approx(cyc["max_lr"] / base_div)
+        assert cyc["step_size_up"] == 2 * STEPS
+    sg = _config(s, **common, schedule="sgdr", sgdr_plan="T_0=6ep,T_mult=2,warmup=2ep", eta_min_ratio=0.01, momentum=0.9)
+    assert sg["lr"] == pytest.approx(a.max_lr / 2 * 10**shift)  # SGDR's peak: max_lr / 2
+    assert (sg["T_0"], sg["T_mult"], sg["warmup_steps"], sg["eta_min"]) == (6 * STEPS, 2, 2 * STEPS, pytest.approx(sg["lr"] / 100))
+    const = _config(s, **common, schedule="constant", momentum=0.9)
+    assert const["lr"] == pytest.approx(a.lr * 10**shift)
+
+
+def test_seeded_distributions_are_the_documented_ranges():
+    s = seeds(OUTCOMES, CFG, TRAIN_SIZE)
+    study = optuna.create_study(direction="maximize")
+    seen = {}
+    for schedule in ("one_cycle", "cyclic", "sgdr", "constant"):
+        study.enqueue_trial(dict(optimizer="sgdw", schedule=schedule))
+        trial = study.ask()
+        search.space(trial, CFG, STEPS, {}, s)
+        seen.update(trial.distributions)
+    F, I, C = optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution, optuna.distributions.CategoricalDistribution
+    assert seen["lr_shift"] == F(-0.5, 0.5) and seen["decay_shift"] == F(-0.5, 0.5)
+    assert seen["base_div"] == F(3.0, 10.0) and seen["epochs_up"] == I(2, 10)
+    assert seen["eta_min_ratio"] == F(1e-3, 1e-1, log=True)
+    assert seen["max_momentum"] == F(0.9, 0.99) and seen["base_momentum"] == F(0.8, 0.9)
+    assert seen["momentum"] == F(0.85, 0.95)
+    # every SGDR plan restarts on epoch boundaries and ends exactly at the budget
+    plans = search._sgdr_plans(20, STEPS)
+    assert seen["sgdr_plan"] == C(sorted(plans))
+    for p in plans.values():
+        n = next(n for n in range(1, 6) if p["warmup_steps"] + sgdr_total_steps(p["T_0"], p["T_mult"], n) >= 20 * STEPS)
+        assert p["warmup_steps"] + sgdr_total_steps(p["T_0"], p["T_mult"], n) == 20 * STEPS
+        assert p["T_0"] % STEPS == 0 and p["warmup_steps"] <= 2 * STEPS
+    assert "lr" not in seen and "weight_decay" not in seen  # absolute values are derived, not searched
+
+
+def test_warm_start_points_are_the_first_trials(tmp_path):
+    s = seeds(OUTCOMES, CFG, TRAIN_SIZE)
+    cfg = parse(dict(CFG.model_dump(), search=dict(num_samples=12, seed=0),
+                     tracking=dict(optuna_storage=f"sqlite:///{tmp_path}/optuna.db")))
+    searcher = search.searcher(cfg, "accuracy", "warm", STEPS, {"epochs": 20}, s)
+    configs = [searcher.suggest(f"t{i}") for i in range(10)]
+    points = configs[:8]  # 2 optimizers x 4 schedules, the suggestions themselves
+    assert [(c["optimizer"], c["schedule"]) for c in points] == [
+        (o, sch) for o in ("adamw", "sgdw") for sch in ("one_cycle", "cyclic", "sgdr", "constant")]
+    for c in points:
+        seed = s[c["optimizer"]]
+        assert c["lr_shift"] == 0.0 and c["weight_decay"] == pytest.approx(
+            seed.weight_decay if seed.weight_decay else math.sqrt(seed.lambda_band[0] * seed.lambda_band[1]) * SCALE)
+        expected = {"one_cycle": seed.max_lr, "cyclic": seed.max_lr, "sgdr": seed.sgdr_peak, "constant": seed.lr}
+        assert c.get("max_lr", c.get("lr")) == pytest.approx(expected[c["schedule"]])
+    assert any(c["lr_shift"] != 0.0 for c in configs[8:])  # then the sampler takes over
+
+
+def test_blind_mode_keeps_the_wide_space_and_no_seeded_start():
+    trial = optuna.create_study().ask()
+    search.space(trial, CFG, STEPS, {}, None)
+    d = trial.distributions
+    assert d["weight_decay"] == optuna.distributions.FloatDistribution(1e-6, 1e-1, log=True)
+    assert d.get("lr", d.get("max_lr")) == optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)
+    assert all("lr_shift" not in p for p in search.start_points(CFG, STEPS, None))

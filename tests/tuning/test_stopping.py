@@ -1,0 +1,83 @@
+"""Schedule-fair stopping against ASHA at fixed epochs, on real learning curves (digits, CPU)."""
+
+from types import SimpleNamespace
+
+import pytest
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+
+from trainables.tasks import load_task
+from trainables.workflow import fit
+from tuning.stopping import ScheduleFairStopping
+
+EPOCHS, GRACE, RF = 12, 3, 3
+WORKFLOWS = {  # three constant-LR AdamW runs, then a 1-cycle run whose peak LR sits mid-training
+    "constant-1e-3": dict(schedule="constant", lr=1e-3),
+    "constant-3e-3": dict(schedule="constant", lr=3e-3),
+    "constant-3e-4": dict(schedule="constant", lr=3e-4),
+    "one_cycle": dict(schedule="one_cycle", max_lr=0.03),
+}
+
+
+@pytest.fixture(scope="module")
+def curves():
+    task = load_task("digits")
+    return {name: fit(task, "mlp", "adamw", epochs=EPOCHS, batch_size=64, seed=0, weight_decay=1e-4, **w)
+            for name, w in WORKFLOWS.items()}
+
+
+def _feed(scheduler, curves) -> dict[str, int | None]:
+    """Trials one after another (as with a free slot each); the epoch each was stopped at, or None."""
+    stopped = {}
+    for name, history in curves.items():
+        trial = SimpleNamespace(trial_id=name, config=dict(WORKFLOWS[name], epochs=EPOCHS))
+        scheduler.on_trial_add(None, trial)
+        stopped[name] = None
+        for row in history:
+            if scheduler.on_trial_result(None, trial, row) == TrialScheduler.STOP:
+                stopped[name] = row["epoch"]
+                break
+    return stopped
+
+
+def test_asha_kills_the_one_cycle_trial_that_ends_best_schedule_fair_does_not(curves):
+    finals = {name: h[-1]["accuracy"] for name, h in curves.items()}
+    assert max(finals, key=finals.get) == "one_cycle"  # the premise, on these real curves
+    asha = AsyncHyperBandScheduler(time_attr="epoch", metric="accuracy", mode="max", max_t=EPOCHS,
+                                   grace_period=GRACE, reduction_factor=RF, brackets=1)
+    by_asha = _feed(asha, curves)
+    fair = ScheduleFairStopping("accuracy", "max", grace_period=GRACE, reduction_factor=RF,
+                                max_epochs=EPOCHS)
+    by_fair = _feed(fair, curves)
+    assert by_asha["one_cycle"] is not None and by_asha["one_cycle"] < EPOCHS  # killed mid-cycle
+    assert by_fair["one_cycle"] is None  # runs to its end, where it is the best
+    # the same ASHA rule still prunes where the comparison is fair: constant LR at the milestones
+    assert by_fair["constant-3e-4"] == by_asha["constant-3e-4"] == GRACE
+    assert fair.milestones() == {3, 9} and set(fair.rungs) == {3, 9}
+
+
+def test_sgdr_and_cyclic_are_compared_only_at_cycle_ends():
+    fair = ScheduleFairStopping("accuracy", "max", grace_period=1, reduction_factor=2, max_epochs=20)
+    for i in range(3):  # three good trials recorded at epoch 4
+        fair.on_trial_result(None, SimpleNamespace(trial_id=f"good{i}", config={"schedule": "cyclic"}),
+                             dict(epoch=4, accuracy=0.9, cycle_end=True))
+    for schedule in ("sgdr", "cyclic"):
+        weak = SimpleNamespace(trial_id=f"weak-{schedule}", config={"schedule": schedule})
+        assert fair.on_trial_result(None, weak, dict(epoch=4, accuracy=0.1, cycle_end=False)) == "CONTINUE"
+        assert fair.on_trial_result(None, weak, dict(epoch=4, accuracy=0.1, cycle_end=True)) == "STOP"
+    one_cycle = SimpleNamespace(trial_id="oc", config={"schedule": "one_cycle"})
+    assert fair.on_trial_result(None, one_cycle, dict(epoch=4, accuracy=0.1, cycle_end=False)) == "CONTINUE"
+
+
+@pytest.mark.parametrize("row", [dict(epoch=1, accuracy=0.5, diverged=True),
+                                 dict(epoch=1, accuracy=float("nan"), diverged=False)])
+def test_divergence_stops_at_once_even_mid_cycle(row):
+    fair = ScheduleFairStopping("accuracy", "max", grace_period=5)
+    trial = SimpleNamespace(trial_id="t", config={"schedule": "one_cycle"})
+    assert fair.on_trial_result(None, trial, dict(row, cycle_end=False)) == "STOP"
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="mode: expected 'max' or 'min', got 'up'"):
+        ScheduleFairStopping("accuracy", "up")
+    with pytest.raises(ValueError, match="reduction_factor > 1 \\(got 1\\)"):
+        ScheduleFairStopping("accuracy", reduction_factor=1)

@@ -1,0 +1,188 @@
+"""Range tests that seed the search (design.md, "Seeding rules").
+
+Before the trials, one range test per (optimizer, weight decay) runs as a Ray task with the trials'
+resources, so that on a cluster they spread over the nodes. Their results become one
+`OptimizerSeed` per optimizer: the LR band the search explores and the normalized weight decay
+around the decay whose curve allowed the largest LR. `search.py` turns seeds into spaces.
+
+The rules, in numbers (each is tested against a fabricated result in tests/tuning/test_seeding.py):
+- LR bands are one decade wide, centred (log scale) on the test's suggestion: `max_lr` for 1-cycle
+  and CLR peaks, `max_lr / 2` for the SGDR peak (it sits at its peak longer than 1-cycle does),
+  `lr` (= max_lr / 4) for a constant LR.
+- The chosen decay: among the tests of one optimizer, those whose max_lr is within
+  `max(DECAY_TIE, spread)` decades of the largest max_lr; of these, the largest decay (a decay that
+  costs no LR is free regularization).
+- Weight decay is searched as λ_norm (Loshchilov & Hutter), log-uniform one decade around the
+  chosen decay's λ_norm = wd / sqrt(b / (B·T)), and converted back with `normalized_weight_decay`.
+  When the chosen decay is 0, the band sits one decade below the smallest non-zero decay tested;
+  when only 0 was tested, the decay stays 0.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import ray
+import torch
+
+from trainables.tasks import load_task
+from trainables.trainable import device_for
+from trainables.workflow import task_range_test
+
+from .config import SweepConfig
+
+LR_BAND = 1.0  # decades
+DECAY_BAND = 1.0  # decades
+DECAY_TIE = 0.1  # decades of max_lr within which decays count as equally good
+SGDR_PEAK = 0.5  # SGDR's peak LR, as a fraction of the range test's max_lr
+
+
+class SeedingRefused(RuntimeError):
+    """A range test refused to suggest (diagnosis not ok) and the config says stop."""
+
+    def __init__(self, refused: list[RangeTestOutcome]):
+        self.refused = refused
+        lines = [f"{o.optimizer} weight_decay={o.weight_decay:g}: {o.status}: {o.message}" for o in refused]
+        super().__init__("range test refused, no trial was started (the insurance check):\n  "
+                         + "\n  ".join(lines) + "\nFix the model or data, or set "
+                         "range_test.on_refusal: blind to search those optimizers blind.")
+
+
+@dataclass(frozen=True)
+class RangeTestOutcome:
+    optimizer: str
+    weight_decay: float
+    status: str
+    message: str
+    lr: float | None
+    max_lr: float | None
+    spread: float | None
+    lrs: list[float]
+    raw_losses: list[float | None]
+    seconds: float
+    plot_png: bytes = field(repr=False, default=b"")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class OptimizerSeed:
+    optimizer: str
+    max_lr: float
+    lr: float
+    spread: float
+    weight_decay: float  # the decay chosen from the tests
+    lambda_norm: float  # its normalized value (0 for no decay)
+    lambda_band: tuple[float, float] | None  # log-uniform λ_norm range; None: decay fixed at 0
+    decay_scale: float  # sqrt(b / (B·T)): weight_decay = lambda_norm * decay_scale
+
+    def band(self, centre: float) -> tuple[float, float]:
+        """The one-decade LR band centred on `centre`."""
+        half = 10 ** (LR_BAND / 2)
+        return centre / half, centre * half
+
+    @property
+    def sgdr_peak(self) -> float:
+        return self.max_lr * SGDR_PEAK
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _one(settings: dict, optimizer: str, weight_decay: float) -> dict:
+    """One range test, in a Ray task (or inline): the result as plain data, with its plot."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(settings["threads"])
+    device = device_for(settings)
+    task = load_task(settings["task"], settings["data_dir"]).to(device)
+    result = task_range_test(task, settings["model"], optimizer, weight_decay,
+                             batch_size=settings["batch_size"], start_lr=settings["start_lr"],
+                             end_lr=settings["end_lr"], num_iter=settings["num_iter"],
+                             repeats=settings["repeats"], seed=settings["seed"], device=device)
+    with tempfile.TemporaryDirectory() as d:
+        png = Path(result.plot(str(Path(d) / "range_test.png"),
+                               title=f"{settings['task']}/{settings['model']} {optimizer} "
+                               f"wd={weight_decay:g}: {result.diagnosis.status}")).read_bytes()
+    s = result.suggestion
+    return dict(optimizer=optimizer, weight_decay=weight_decay, status=result.diagnosis.status,
+                message=result.diagnosis.message, lr=s and s.lr, max_lr=s and s.max_lr,
+                spread=s and s.spread, lrs=list(result.raw_lrs),
+                raw_losses=[v if math.isfinite(v) else None for v in result.raw_losses],
+                seconds=time.perf_counter() - t0, plot_png=png)
+
+
+def settings(cfg: SweepConfig, model: str) -> dict:
+    rt = cfg.range_test
+    return dict(task=cfg.task, data_dir=cfg.data_dir, model=model, batch_size=cfg.batch_size,
+                start_lr=rt.start_lr, end_lr=rt.end_lr, num_iter=rt.num_iter, repeats=rt.repeats,
+                seed=cfg.seed, threads=cfg.threads_per_trial, gpu=cfg.resources.gpu)
+
+
+def run_range_tests(cfg: SweepConfig, model: str) -> list[RangeTestOutcome]:
+    """All (optimizer x weight decay) range tests of a sweep, in parallel as Ray tasks."""
+    remote = ray.remote(num_cpus=cfg.resources.cpu, num_gpus=cfg.resources.gpu, max_retries=1)(_one)
+    s = settings(cfg, model)
+    refs = [remote.remote(s, opt, wd) for opt in cfg.optimizers for wd in cfg.range_test.weight_decays]
+    return [RangeTestOutcome(**r) for r in ray.get(refs)]
+
+
+def seeds(outcomes: list[RangeTestOutcome], cfg: SweepConfig, train_size: int) -> dict[str, OptimizerSeed]:
+    """The seeding rules (module docstring): one seed per optimizer whose tests suggested.
+
+    Refusals raise `SeedingRefused` unless `range_test.on_refusal` is "blind", in which case an
+    optimizer with no usable test gets no seed (its trials use the blind space)."""
+    refused = [o for o in outcomes if not o.ok]
+    if refused and cfg.range_test.on_refusal == "stop":
+        raise SeedingRefused(refused)
+    scale = math.sqrt(cfg.batch_size / (train_size * cfg.epochs))
+    out = {}
+    for optimizer in cfg.optimizers:
+        ok = [o for o in outcomes if o.optimizer == optimizer and o.ok]
+        if ok:
+            out[optimizer] = _seed(optimizer, ok, [o.weight_decay for o in outcomes
+                                                   if o.optimizer == optimizer], scale)
+    return out
+
+
+def _seed(optimizer: str, ok: list[RangeTestOutcome], tested: list[float], scale: float) -> OptimizerSeed:
+    best = max(o.max_lr for o in ok)
+    tie = max(DECAY_TIE, max(o.spread or 0.0 for o in ok))
+    chosen = max((o for o in ok if math.log10(o.max_lr) >= math.log10(best) - tie),
+                 key=lambda o: o.weight_decay)
+    nonzero = sorted(w for w in tested if w > 0)
+    if chosen.weight_decay > 0:
+        centre = chosen.weight_decay / scale
+    elif nonzero:
+        centre = nonzero[0] / scale / 10
+    else:
+        centre = None
+    half = 10 ** (DECAY_BAND / 2)
+    return OptimizerSeed(optimizer=optimizer, max_lr=chosen.max_lr, lr=chosen.lr,
+                         spread=chosen.spread or 0.0, weight_decay=chosen.weight_decay,
+                         lambda_norm=chosen.weight_decay / scale,
+                         lambda_band=None if centre is None else (centre / half, centre * half),
+                         decay_scale=scale)
+
+
+def describe(outcomes: list[RangeTestOutcome], seeds: dict[str, OptimizerSeed]) -> str:
+    """The range tests and the seeds they gave, as printed before the trials start."""
+    lines = ["range tests (the search is seeded from these):",
+             f"  {'optimizer':9}  {'decay':>7}  {'status':20}  {'max_lr':>8}  {'lr':>8}  {'spread':>6}  {'s':>5}"]
+    for o in outcomes:
+        num = (f"{o.max_lr:8.3g}  {o.lr:8.3g}  {o.spread or 0:6.2f}" if o.ok else f"{'-':>8}  {'-':>8}  {'-':>6}")
+        lines.append(f"  {o.optimizer:9}  {o.weight_decay:7.0e}  {o.status:20}  {num}  {o.seconds:5.1f}")
+    for opt, s in seeds.items():
+        band = ("decay fixed at 0" if s.lambda_band is None else
+                f"lambda_norm {s.lambda_band[0]:.3g}..{s.lambda_band[1]:.3g} "
+                f"(weight_decay {s.lambda_band[0] * s.decay_scale:.3g}..{s.lambda_band[1] * s.decay_scale:.3g})")
+        lo, hi = s.band(s.max_lr)
+        lines.append(f"  seed {opt}: max_lr {lo:.3g}..{hi:.3g}, chosen decay {s.weight_decay:g}; {band}")
+    for opt in sorted({o.optimizer for o in outcomes} - set(seeds)):
+        lines.append(f"  {opt}: no usable range test, searched blind (range_test.on_refusal: blind)")
+    return "\n".join(lines)

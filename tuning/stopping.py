@@ -1,0 +1,92 @@
+"""Schedule-fair early stopping: a Ray Tune trial scheduler that compares trials only where their
+LR schedule has just finished a cycle, never mid-cycle.
+
+Mid-cycle a trial's accuracy says more about where its LR is than about how good it is: a 1-cycle
+trial at its peak LR looks bad and ends best. So the rule of ASHA (Li et al.; Ray's
+AsyncHyperBandScheduler) — at a rung, stop a trial that is not in the top 1/reduction_factor of the
+trials recorded there before it — is applied only at fair points:
+
+- cyclic: at each cycle's end (LR back at base_lr);  sgdr: at each restart (LR at eta_min);
+- constant: at ASHA's own milestones (grace_period * reduction_factor**k epochs) — its LR is always
+  at its "minimum", so these are fair, and there are as few as ASHA would have;
+- one_cycle: never before its end, where stopping is moot: 1-cycle trials always finish.
+
+A rung is an epoch: a trial is compared with the values other trials had at the same epoch, each
+also at a fair point (same budget, LR at a minimum). A diverged trial (non-finite or exploding loss,
+as reported by the trainable) stops at once.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections import defaultdict
+
+import numpy as np
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+
+class ScheduleFairStopping(FIFOScheduler):
+    def __init__(self, metric: str, mode: str = "max", grace_period: int = 1,
+                 reduction_factor: float = 3.0, max_epochs: int | None = None):
+        super().__init__()
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode: expected 'max' or 'min', got {mode!r}")
+        if grace_period < 1 or reduction_factor <= 1:
+            raise ValueError(f"grace_period must be >= 1 (got {grace_period}) and reduction_factor "
+                             f"> 1 (got {reduction_factor})")
+        self._metric, self._mode = metric, mode
+        self.grace_period, self.reduction_factor, self.max_epochs = grace_period, reduction_factor, max_epochs
+        self.rungs: dict[int, dict[str, float]] = defaultdict(dict)  # epoch -> trial id -> value
+        self.stopped: list[str] = []
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True  # the metric is fixed at construction (Optuna's first objective)
+
+    def milestones(self) -> set[int]:
+        out, m = set(), float(self.grace_period)
+        while self.max_epochs is None or m < self.max_epochs:
+            out.add(round(m))
+            m *= self.reduction_factor
+            if self.max_epochs is None and m > 10_000:
+                break
+        return out
+
+    def fair(self, config: dict, result: dict) -> bool:
+        """Whether this result is a point where the trial may be compared."""
+        epoch = int(result.get("epoch", 0))
+        if epoch < self.grace_period or (self.max_epochs and epoch >= self.max_epochs):
+            return False
+        if config.get("schedule") == "constant":
+            return epoch in self.milestones()
+        return bool(result.get("cycle_end"))
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        value = result.get(self._metric)
+        if result.get("diverged") or value is None or not math.isfinite(value):
+            return self._stop(trial)
+        if not self.fair(trial.config, result):
+            return TrialScheduler.CONTINUE
+        sign = 1.0 if self._mode == "max" else -1.0
+        recorded = self.rungs[int(result["epoch"])]
+        cutoff = (np.nanpercentile(list(recorded.values()), (1 - 1 / self.reduction_factor) * 100)
+                  if recorded else None)
+        recorded[trial.trial_id] = sign * value
+        if cutoff is not None and sign * value < cutoff:
+            return self._stop(trial)
+        return TrialScheduler.CONTINUE
+
+    def _stop(self, trial) -> str:
+        self.stopped.append(trial.trial_id)
+        return TrialScheduler.STOP
+
+    def debug_string(self) -> str:
+        return f"ScheduleFairStopping: {len(self.stopped)} stopped, rungs at epochs {sorted(self.rungs)}"
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
