@@ -261,13 +261,11 @@ def task_range_test(task: Task, model_name: str, optimizer: str, weight_decay: f
                       end_lr=end_lr, num_iter=num_iter, repeats=repeats, seed=seed)
 
 
-def fit(task: Task, model_name: str, optimizer: str, schedule: str, epochs: int, batch_size: int,
-        seed: int = 0, lr: float | None = None, weight_decay: float = 0.0, momentum: float = 0.9,
-        on_epoch: Callable[[dict], None] | None = None, **schedule_params) -> list[dict]:
-    """Train one workflow from scratch with the plain loop; one metrics dict per epoch."""
-    run = Run(task, dict(model=model_name, optimizer=optimizer, schedule=schedule, epochs=epochs,
-                         batch_size=batch_size, seed=seed, lr=lr, weight_decay=weight_decay,
-                         momentum=momentum, **schedule_params))
+def run_workflow(task: Task, workflow: dict, device: torch.device | str = "cpu",
+                 on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train one workflow (its `seeds` copies in lockstep) from scratch with the plain loop, until
+    its last epoch or divergence; one metrics dict per epoch."""
+    run = Replicas(task, workflow, device, int(workflow.get("seeds", 1)))
     history = []
     while not run.done:
         row = run.train_epoch()
@@ -277,3 +275,12 @@ def fit(task: Task, model_name: str, optimizer: str, schedule: str, epochs: int,
         if row["diverged"]:
             break
     return history
+
+
+def fit(task: Task, model_name: str, optimizer: str, schedule: str, epochs: int, batch_size: int,
+        seed: int = 0, lr: float | None = None, weight_decay: float = 0.0, momentum: float = 0.9,
+        on_epoch: Callable[[dict], None] | None = None, **schedule_params) -> list[dict]:
+    """`run_workflow` with the workflow given as arguments."""
+    return run_workflow(task, dict(model=model_name, optimizer=optimizer, schedule=schedule, epochs=epochs,
+                                   batch_size=batch_size, seed=seed, lr=lr, weight_decay=weight_decay,
+                                   momentum=momentum, **schedule_params), on_epoch=on_epoch)

@@ -75,6 +75,69 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .tracking import exported_workflow
+
+    workflow, source = exported_workflow(args.tracking_uri, args.run_id)
+    header = (f"# lrtune workflow exported from MLflow run {source['run_id']} ({source['run_name']}, "
+              f"status {source['status']}, sweep run {source['sweep_run_id']})\n"
+              f"# its final metrics: {', '.join(f'{k}={v:.4g}' for k, v in sorted(source['metrics'].items()))}\n"
+              f"# re-run: lrtune train {args.output}\n")
+    _write_atomically(args.output, header + yaml.safe_dump(workflow, sort_keys=False))
+    print(f"wrote {args.output}: {workflow['optimizer']} + {workflow['schedule']}, {workflow['epochs']} epochs "
+          f"on {workflow['task']}/{workflow['model']}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from trainables.tasks import load_task
+    from trainables.workflow import run_workflow, workflow_of
+
+    from .config import WorkflowConfig, load
+
+    wf = load(args.workflow, WorkflowConfig)  # ConfigError: exit 2, nothing trained
+    workflow = workflow_of(wf.model_dump())
+    torch.set_num_threads(wf.threads)
+    task = load_task(wf.task, wf.data_dir)
+    try:
+        task.model_name(wf.model)
+    except ValueError as e:
+        raise UsageError(f"model: {e}") from None
+    m = task.metric_name
+
+    def show(row):
+        if not args.json:
+            std = f" ± {row[m + '_std']:.4f}" if m + "_std" in row else ""
+            print(f"epoch {row['epoch']:>3}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+                  f"{m} {row[m]:.4f}{std}  lr {row['lr']:.3g}", flush=True)
+
+    history = run_workflow(task, workflow, on_epoch=show)
+    last = history[-1]
+    summary = dict(workflow=workflow, epochs_run=last["epoch"], diverged=last["diverged"],
+                   **{k: last[k] for k in (m, m + "_std", "val_loss", "train_loss") if k in last})
+    print(json.dumps(summary, indent=1) if args.json else
+          f"{'diverged' if last['diverged'] else 'finished'}: {m} {last[m]:.4f} after {last['epoch']} epochs")
+    return 0
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write via a temporary file in the same folder, so that a failure leaves no half-written file."""
+    import os
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lrtune-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def _json_float(v: float):
     return v if v == v and abs(v) != float("inf") else None
 
@@ -108,7 +171,23 @@ def parser() -> argparse.ArgumentParser:
                     help="continue this config's newest interrupted sweep (same Ray Tune experiment, "
                          "Optuna study and MLflow parent run); finished trials are not run again")
     sw.set_defaults(run=_sweep)
+    ex = sub.add_parser("export", help="write a trial's workflow as a YAML that `lrtune train` re-runs")
+    ex.add_argument("run_id", metavar="RUN_ID", help="the trial's MLflow run id (see `lrtune report`)")
+    ex.add_argument("-o", "--output", default="workflow.yaml", help="file to write (default workflow.yaml)")
+    ex.add_argument("--tracking-uri", default=_default_uri(), help="MLflow tracking URI (default: "
+                    "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    ex.set_defaults(run=_export)
+    tr = sub.add_parser("train", help="train one exported workflow with the plain loop (no Ray)")
+    tr.add_argument("workflow", help="a workflow YAML written by `lrtune export`")
+    tr.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    tr.set_defaults(run=_train)
     return p
+
+
+def _default_uri() -> str:
+    import os
+
+    return os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
 
 
 def main(argv: list[str] | None = None) -> int:

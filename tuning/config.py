@@ -122,9 +122,49 @@ class SweepConfig(_Strict):
         return v
 
 
-def _allowed(loc: tuple) -> list[str]:
+class WorkflowConfig(_Strict):
+    """One training workflow, as `lrtune export` writes it and `lrtune train` re-runs it."""
+    task: str
+    data_dir: str | None = None
+    model: str
+    optimizer: Optimizer
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Schedule
+    max_lr: float | None = Field(None, gt=0)
+    base_lr: float | None = Field(None, gt=0)
+    step_size_up: int | None = Field(None, ge=1)
+    mode: Literal["triangular", "triangular2", "exp_range"] | None = None
+    gamma: float | None = Field(None, gt=0, le=1)
+    T_0: int | None = Field(None, ge=1)
+    T_mult: int | None = Field(None, ge=1)
+    eta_min: float | None = Field(None, ge=0)
+    warmup_steps: int | None = Field(None, ge=0)
+    pct_start: float | None = Field(None, gt=0, lt=1)
+    div_factor: float | None = Field(None, gt=0)
+    final_div_factor: float | None = Field(None, gt=0)
+    base_momentum: float | None = Field(None, ge=0, lt=1)
+    max_momentum: float | None = Field(None, ge=0, lt=1)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    seed: int = 0
+    seeds: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1)
+    amp: bool | None = None
+
+    @model_validator(mode="after")
+    def _schedule_needs(self):
+        needs = {"one_cycle": ("max_lr",), "cyclic": ("base_lr", "max_lr", "step_size_up"),
+                 "sgdr": ("lr", "T_0"), "constant": ("lr",)}[self.schedule]
+        missing = [k for k in needs if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"schedule {self.schedule} needs {', '.join(needs)}; missing: {', '.join(missing)}")
+        return self
+
+
+def _allowed(loc: tuple, model: type[BaseModel] = SweepConfig) -> list[str]:
     """The keys allowed beside the unknown one at `loc`."""
-    model = SweepConfig
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
@@ -133,28 +173,29 @@ def _allowed(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(err: dict) -> str:
+def _describe(err: dict, model: type[BaseModel] = SweepConfig) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
         return (f"{key}: unknown key (value {err['input']!r}); allowed here: "
-                f"{', '.join(_allowed(err['loc']))}")
+                f"{', '.join(_allowed(err['loc'], model))}")
     msg = err["msg"].removeprefix("Value error, ")
     return f"{key}: {msg} (got {err.get('input')!r})"
 
 
-def parse(data: dict | None, source: str = "config") -> SweepConfig:
+def parse(data: dict | None, source: str = "config", model: type[BaseModel] = SweepConfig):
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
     try:
-        return SweepConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
-        lines = [_describe(err) for err in e.errors(include_url=False)]
+        lines = [_describe(err, model) for err in e.errors(include_url=False)]
         raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
 
 
-def load(path: str | Path) -> SweepConfig:
+def load(path: str | Path, model: type[BaseModel] = SweepConfig):
+    """A sweep config (or, with model=WorkflowConfig, an exported workflow) from a YAML file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -162,4 +203,4 @@ def load(path: str | Path) -> SweepConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse(data, str(path))
+    return parse(data, str(path), model)

@@ -91,7 +91,7 @@ def find_sweep(cfg: SweepConfig) -> str:
     return str(found[-1])
 
 
-def seed_search(cfg: SweepConfig, task, model: str, sweep: tracking.Sweep, verbose: int = 1) -> dict:
+def seed_search(cfg: SweepConfig, task, model: str, sweep: tracking.Sweep) -> dict:
     """The range tests (as Ray tasks), each logged as a nested MLflow run, read into seeds by the
     seeding rules; a resumed sweep reuses the seeds it logged. Raises SeedingRefused."""
     logged = sweep.load_seeds()
@@ -111,8 +111,7 @@ def seed_search(cfg: SweepConfig, task, model: str, sweep: tracking.Sweep, verbo
     sweep.log_seeds(seeds)
     sweep.client.log_metric(sweep.run_id, "range_test_seconds", sum(o.seconds for o in outcomes))
     sweep.client.log_metric(sweep.run_id, "range_test_wall_s", time.perf_counter() - t0)
-    if verbose:
-        print(seeding.describe(outcomes, seeds), flush=True)
+    print(seeding.describe(outcomes, seeds), flush=True)  # before the trials, whatever Tune's verbosity
     return seeds
 
 
@@ -135,7 +134,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     status = "FAILED"
     t0, started_at = time.perf_counter(), time.time()
     try:
-        seeds = seed_search(cfg, task, model, sweep, verbose) if cfg.search.seeded else None
+        seeds = seed_search(cfg, task, model, sweep) if cfg.search.seeded else None
         trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         callbacks = [trial_runs, CSVLoggerCallback(), JsonLoggerCallback()]
         if path and tune.Tuner.can_restore(path):

@@ -83,12 +83,9 @@ class Sweep:
 
     def load_seeds(self) -> dict | None:
         """The seeds logged by this sweep before an interruption (None when none were)."""
-        import mlflow.artifacts
-
-        try:
-            return mlflow.artifacts.load_dict(f"runs:/{self.run_id}/seeds.json")
-        except Exception:  # noqa: BLE001 - MLflow raises various errors for a missing artifact
+        if "seeds.json" not in [a.path for a in self.client.list_artifacts(self.run_id)]:
             return None
+        return json.loads(read_artifact(self.client, self.run_id, "seeds.json"))
 
     def end(self, status: str = "FINISHED", **summary) -> None:
         if summary:
@@ -207,6 +204,36 @@ class TrialRuns(tune.Callback):
             self.open.clear()
         if errors:
             raise RuntimeError(f"{len(errors)} MLflow logging call(s) failed; first: {errors[0]!r}") from errors[0]
+
+
+def read_artifact(client: MlflowClient, run_id: str, path: str) -> str:
+    """A run's text artifact, from the store this client talks to (not the global tracking URI)."""
+    with tempfile.TemporaryDirectory() as d:
+        return Path(client.download_artifacts(run_id, path, d)).read_text()
+
+
+def exported_workflow(uri: str, run_id: str) -> tuple[dict, dict]:
+    """A trial run's workflow (its workflow.yaml artifact) and where it came from. ValueError names
+    what is wrong when the run is not a finished trial of an lrtune sweep."""
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ValueError(f"RUN_ID: no MLflow run {run_id!r} in {uri}") from None
+    kind = run.data.tags.get("lrtune.kind")
+    if kind != "trial":
+        raise ValueError(f"RUN_ID: run {run_id} is {'a ' + kind if kind else 'not an lrtune'} run; export "
+                         f"takes a trial's run id (`lrtune report` lists them)")
+    if WORKFLOW_ARTIFACT not in [a.path for a in client.list_artifacts(run_id)]:
+        raise ValueError(f"RUN_ID: trial run {run_id} has no {WORKFLOW_ARTIFACT} (it did not end: "
+                         f"status {run.data.tags.get('status')!r})")
+    workflow = yaml.safe_load(read_artifact(client, run_id, WORKFLOW_ARTIFACT))
+    source = dict(run_id=run_id, run_name=run.info.run_name, status=run.data.tags.get("status"),
+                  sweep_run_id=run.data.tags.get(PARENT_TAG),
+                  metrics={k: v for k, v in run.data.metrics.items() if k in ("accuracy", "r2", "accuracy_std", "r2_std", "val_loss")})
+    return workflow, source
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -1,13 +1,18 @@
+import contextlib
+import io
+import json
 import math
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
-from mlflow import artifacts as mlflow_artifacts
 from mlflow.tracking import MlflowClient
 
 from tuning.cli import main
 from tuning.config import ConfigError, load, parse
+from tuning.tracking import read_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,13 +41,26 @@ def _runs(tmp_path, experiment):
     return client, parents, trials, range_tests
 
 
-def test_smoke_sweep_end_to_end_run_tree(ray_session, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    cfg = _local(yaml.safe_load((ROOT / "examples" / "smoke.yaml").read_text()), tmp_path)
-    assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
-    out = capsys.readouterr().out
-    assert "mlflow ui --backend-store-uri sqlite:///" in out and "rank" in out
+@pytest.fixture(scope="module")
+def smoke(ray_session, tmp_path_factory):
+    """examples/smoke.yaml through `lrtune sweep`, once for the tests of its results."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    cwd, out = os.getcwd(), io.StringIO()
+    os.chdir(tmp)
+    try:
+        cfg = _local(yaml.safe_load((ROOT / "examples" / "smoke.yaml").read_text()), tmp)
+        with contextlib.redirect_stdout(out):
+            code = main(["sweep", str(_write(tmp, cfg)), "--verbose", "0"])
+    finally:
+        os.chdir(cwd)
+    return SimpleNamespace(path=tmp, cfg=cfg, code=code, out=out.getvalue())
 
+
+def test_smoke_sweep_end_to_end_run_tree(smoke):
+    tmp_path, cfg = smoke.path, smoke.cfg
+    assert smoke.code == 0
+    assert "mlflow ui --backend-store-uri sqlite:///" in smoke.out and "rank" in smoke.out
+    assert "range tests (the search is seeded from these)" in smoke.out
     client, parents, trials, range_tests = _runs(tmp_path, "smoke")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
@@ -55,7 +73,7 @@ def test_smoke_sweep_end_to_end_run_tree(ray_session, tmp_path, monkeypatch, cap
         assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.data.tags["status"] == "ok"
         assert r.data.metrics["suggested_lr"] == pytest.approx(r.data.metrics["suggested_max_lr"] / 4)
         assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["range_test.json", "range_test.png"]
-    seeds = mlflow_artifacts.load_dict(f"runs:/{parent.info.run_id}/seeds.json")
+    seeds = json.loads(read_artifact(client, parent.info.run_id, "seeds.json"))
     tested = {(r.data.tags["optimizer"], float(r.data.tags["weight_decay"])): r.data.metrics["suggested_max_lr"]
               for r in range_tests}
     for opt, seed in seeds.items():  # the seed's max_lr is its chosen decay's suggestion
@@ -82,6 +100,44 @@ def test_smoke_sweep_end_to_end_run_tree(ray_session, tmp_path, monkeypatch, cap
     study = optuna.load_study(study_name=studies[0].study_name, storage=f"sqlite:///{tmp_path}/optuna.db")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * len(trials)
     assert sorted(t.value for t in study.trials) == sorted(t.data.metrics["accuracy"] for t in trials)
+
+
+def test_export_then_train_reproduces_the_trial(smoke, tmp_path, capsys):
+    client, _, trials, _ = _runs(smoke.path, "smoke")
+    best = max(trials, key=lambda t: t.data.metrics["accuracy"])
+    uri = f"sqlite:///{smoke.path}/mlflow.db"
+    out = tmp_path / "workflow.yaml"
+    assert main(["export", best.info.run_id, "-o", str(out), "--tracking-uri", uri]) == 0
+    workflow = yaml.safe_load(out.read_text())
+    assert out.read_text().startswith(f"# lrtune workflow exported from MLflow run {best.info.run_id}")
+    assert workflow["optimizer"] == best.data.params["optimizer"] and workflow["epochs"] == 2
+    assert "lr_shift" not in workflow and "trial_id" not in workflow  # only what defines the workflow
+    capsys.readouterr()
+    assert main(["train", str(out), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["epochs_run"] == 2 and not again["diverged"]
+    assert abs(again["accuracy"] - best.data.metrics["accuracy"]) <= 0.005  # within 0.5 pt on CPU
+    # a run that is not a trial is refused by name, and nothing is written
+    parent = best.data.tags["mlflow.parentRunId"]
+    with pytest.raises(SystemExit) as e:
+        main(["export", parent, "-o", str(tmp_path / "no.yaml"), "--tracking-uri", uri])
+    assert e.value.code == 2 and f"RUN_ID: run {parent} is a sweep run" in capsys.readouterr().err
+    assert not (tmp_path / "no.yaml").exists()
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (dict(learning_rate=0.1, max_lr=0.1),
+     "learning_rate: unknown key (value 0.1); allowed here: task, data_dir, model, optimizer, lr"),
+    ({}, "schedule one_cycle needs max_lr; missing: max_lr"),
+    (dict(max_lr=0.1, epochs=0), "epochs: Input should be greater than or equal to 1 (got 0)"),
+])
+def test_train_refuses_a_bad_workflow_naming_the_key(extra, needle, tmp_path, capsys):
+    bad = tmp_path / "wf.yaml"
+    bad.write_text(yaml.safe_dump(dict(dict(task="digits", model="mlp", optimizer="adamw", schedule="one_cycle",
+                                            epochs=2, batch_size=100), **extra)))
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(bad)])
+    assert e.value.code == 2 and needle in capsys.readouterr().err
 
 
 def test_user_task_runs_and_a_diverged_trial_is_recorded(ray_session, tmp_path, monkeypatch):
