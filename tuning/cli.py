@@ -138,6 +138,13 @@ def _write_atomically(path: str, text: str) -> None:
         raise
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    report(args.tracking_uri, args.experiment, args.sweep, top=args.top, plot=not args.no_plots)
+    return 0
+
+
 def _json_float(v: float):
     return v if v == v and abs(v) != float("inf") else None
 
@@ -177,6 +184,15 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--tracking-uri", default=_default_uri(), help="MLflow tracking URI (default: "
                     "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     ex.set_defaults(run=_export)
+    rp = sub.add_parser("report", help="a sweep's ranked trials from MLflow; plots logged to its parent run")
+    rp.add_argument("--experiment", default="lrtune", help="MLflow experiment (the config's "
+                    "tracking.experiment; default lrtune)")
+    rp.add_argument("--sweep", default=None, help="a sweep name or parent run id (default: the newest)")
+    rp.add_argument("--top", type=int, default=10, help="rows to print (default 10)")
+    rp.add_argument("--no-plots", action="store_true", help="print the table only")
+    rp.add_argument("--tracking-uri", default=_default_uri(), help="MLflow tracking URI (default: "
+                    "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    rp.set_defaults(run=_report)
     tr = sub.add_parser("train", help="train one exported workflow with the plain loop (no Ray)")
     tr.add_argument("workflow", help="a workflow YAML written by `lrtune export`")
     tr.add_argument("--json", action="store_true", help="print the final metrics as JSON")

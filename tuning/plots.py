@@ -27,3 +27,51 @@ def plot_schedule(workflow: dict, path: str, steps_per_epoch: int) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
+
+
+def _figure(size=(6, 3.6)) -> Figure:
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_learning_curves(curves: dict[str, list[tuple[int, float]]], metric: str, path: str) -> str:
+    """The validation metric per epoch of the best trial of each schedule."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    for schedule, points in sorted(curves.items()):
+        if points:
+            ax.plot([e for e, _ in points], [v for _, v in points], marker=".", label=schedule)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {metric}")
+    ax.set_title("best trial of each schedule")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_range_tests(tests: list[dict], path: str) -> str:
+    """The range tests side by side, one panel per optimizer, one curve per weight decay (raw loss,
+    gaps where it was not finite), the suggested max_lr dashed."""
+    optimizers = sorted({t["optimizer"] for t in tests})
+    fig = _figure((4.2 * len(optimizers), 3.6))
+    for i, opt in enumerate(optimizers):
+        ax = fig.add_subplot(1, len(optimizers), i + 1)
+        for j, t in enumerate(x for x in tests if x["optimizer"] == opt):
+            losses = [float("nan") if v is None else v for v in t["raw_losses"]]
+            ax.plot(t["lrs"][:len(losses)], losses, color=f"C{j}", lw=1, label=f"wd={t['weight_decay']:g} ({t['status']})")
+            if t.get("max_lr"):
+                ax.axvline(t["max_lr"], color=f"C{j}", ls="--", lw=1)
+        finite = [v for t in tests if t["optimizer"] == opt for v in t["raw_losses"] if v is not None]
+        if finite:
+            ax.set_ylim(min(finite) * 0.9, min(max(finite), 3 * finite[0]) * 1.1)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("loss")
+        ax.set_title(f"{opt}: range tests (dashed: suggested max_lr)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path

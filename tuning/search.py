@@ -175,3 +175,33 @@ def searcher(cfg: SweepConfig, metric: str, study_name: str, steps_per_epoch: in
         metric=metrics if len(metrics) > 1 else metrics[0], mode=modes if len(modes) > 1 else modes[0],
         sampler=sampler, storage=storage, study_name=study_name,
         points_to_evaluate=start_points(cfg, steps_per_epoch, seeds)[:cfg.search.num_samples])
+
+
+def plot_study(storage: str, study_name: str, metric: str, folder) -> list[str]:
+    """Optuna's parameter importances and parallel coordinates of a sweep's study, as PNGs (for a
+    multi-objective study, of the first objective, the metric)."""
+    import warnings
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    paths = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for name, plot in (("optuna_importances", ovm.plot_param_importances),
+                           ("optuna_parallel_coordinates", ovm.plot_parallel_coordinate)):
+            ax = plot(study, target=target, target_name=metric)
+            fig = (ax if not hasattr(ax, "figure") else ax.figure) if not hasattr(ax, "flat") else ax.flat[0].figure
+            path = str(Path(folder) / f"{name}.png")
+            fig.set_size_inches(8, 4.5)
+            fig.tight_layout()
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            paths.append(path)
+    return paths

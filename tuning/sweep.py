@@ -24,6 +24,7 @@ from trainables.trainable import train
 from . import search, seeding, tracking
 from .config import ConfigError, SweepConfig
 from .plots import plot_schedule
+from .report import table
 from .stopping import ScheduleFairStopping
 
 
@@ -156,9 +157,12 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     failure_config=tune.FailureConfig(max_failures=2)))
         grid = tuner.fit()
-        trial_runs.close()
+        trial_runs.reconcile([dict(trial_id=r.metrics.get("trial_id"), config=r.config,
+                                   error=str(r.error) if r.error else None,
+                                   history=functools.partial(_history, r)) for r in grid])
         trials = [dict(trial_id=r.metrics.get("trial_id"), config=r.config, result=r.metrics,
-                       checkpoint=r.checkpoint, error=str(r.error) if r.error else None) for r in grid]
+                       checkpoint=r.checkpoint, error=str(r.error) if r.error else None,
+                       run_id=trial_runs.runs.get(r.metrics.get("trial_id"))) for r in grid]
         status = "FINISHED"
         result = SweepResult(name, sweep.run_id, task.metric_name, trials, time.perf_counter() - t0,
                              started_at, seeds)
@@ -177,6 +181,12 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                 sweep.end(status)
 
 
+def _history(result) -> list[dict]:
+    """One trial's per-epoch results from Tune's own files (progress.csv)."""
+    df = result.metrics_dataframe
+    return [] if df is None else df.to_dict("records")
+
+
 def _scheduler(cfg: SweepConfig, metric: str):
     if cfg.stopping.scheduler == "none":
         return None
@@ -189,11 +199,15 @@ def print_summary(result: SweepResult, cfg: SweepConfig, out=None) -> None:
     m = result.metric
     print(f"\nsweep {result.name}: {len(result.trials)} trials in {result.wall_time:.0f} s "
           f"(MLflow parent run {result.parent_run_id})", file=out)
-    print(f"{'rank':>4}  {m:>8}  {'epochs':>6}  {'status':9}  optimizer  schedule    lr / max_lr  weight_decay", file=out)
-    for i, t in enumerate(result.best(10), 1):
-        c, r = t["config"], t["result"]
-        lr = c.get("max_lr") or c.get("lr")
-        print(f"{i:>4}  {r[m]:>8.4f}  {r.get('epoch', 0):>6}  {r.get('status', '?'):9}  "
-              f"{c['optimizer']:9}  {c['schedule']:10}  {lr:>11.3g}  {c['weight_decay']:.3g}", file=out)
+    rows = [dict(metric=t["result"][m], std=t["result"].get(f"{m}_std"), epochs=t["result"].get("epoch", 0),
+                 status=t["result"].get("status", "?"), optimizer=t["config"]["optimizer"],
+                 schedule=t["config"]["schedule"], lr=t["config"].get("max_lr") or t["config"].get("lr"),
+                 weight_decay=t["config"]["weight_decay"], run_id=t.get("run_id")) for t in result.best(10)]
+    table(rows, m, out)
     print(f"\nOpen the MLflow UI: {tracking.ui_command(cfg.tracking.mlflow_uri)}", file=out)
     print(f"Optuna dashboard:   optuna-dashboard --host 127.0.0.1 {cfg.tracking.optuna_storage}", file=out)
+    print(f"Report and plots:   lrtune report --experiment {cfg.tracking.experiment} --tracking-uri "
+          f"{cfg.tracking.mlflow_uri}", file=out)
+    if rows and rows[0]["run_id"]:
+        print(f"Export the best:    lrtune export {rows[0]['run_id']} -o workflow.yaml --tracking-uri "
+              f"{cfg.tracking.mlflow_uri}", file=out)

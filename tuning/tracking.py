@@ -159,9 +159,7 @@ class TrialRuns(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last[trial.trial_id] = result
-        now, step = int(time.time() * 1000), int(result.get("epoch", result.get("training_iteration", 0)))
-        metrics = [Metric(k, float(result[k]), now, step) for k in METRICS
-                   if k in result and isinstance(result[k], (int, float)) and math.isfinite(result[k])]
+        metrics = _metrics(result, int(time.time() * 1000))
         if metrics:
             self._later(self._log_metrics, trial.trial_id, dict(trial.config), metrics)
 
@@ -169,10 +167,8 @@ class TrialRuns(tune.Callback):
         self.client.log_batch(self._run_id(trial_id, cfg), metrics=metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        status = self.last.get(trial.trial_id, {}).get("status", "finished")
-        if status == "running":  # ended before its last epoch without diverging: a scheduler stopped it
-            status = "stopped"
-        self._later(self._end, trial.trial_id, dict(trial.config), status, "FINISHED")
+        self._later(self._end, trial.trial_id, dict(trial.config), _status(self.last.get(trial.trial_id, {})),
+                    "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._later(self._end, trial.trial_id, dict(trial.config), "failed", "FAILED")
@@ -192,6 +188,35 @@ class TrialRuns(tune.Callback):
     def on_experiment_end(self, trials, **info):
         self.close()
 
+    def reconcile(self, trials: list[dict]) -> None:
+        """Make MLflow agree with Tune's own records. A driver killed mid-sweep loses the logging it
+        had queued; on resume, Tune does not re-run the trials it had finished by then, so their runs
+        are created, completed (missing epochs) and ended here. `trials`: dicts with trial_id,
+        config, error, and history (a callable giving one result dict per epoch, from Tune's files).
+        Costs one query when every run is already complete."""
+        self.close()
+        runs = {r.data.tags.get("lrtune.trial_id"): r for r in self.sweep.trial_runs()}
+        for t in trials:
+            run = runs.get(t["trial_id"])
+            if run is not None and run.info.status != "RUNNING":
+                continue
+            self._later(self._complete, t["trial_id"], dict(t["config"]), t["history"](), t["error"])
+        self.close()
+
+    def _complete(self, trial_id: str, cfg: dict, history: list[dict], error: str | None) -> None:
+        run_id = self._run_id(trial_id, cfg)
+        logged = {m.step for m in self.client.get_metric_history(run_id, "val_loss")}
+        missing = [row for row in history if int(row.get("epoch", 0)) not in logged]
+        metrics = [m for row in missing for m in _metrics(row, int(time.time() * 1000))]
+        for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        if history:
+            self.last[trial_id] = history[-1]
+        if error:
+            self._end(trial_id, cfg, "failed", "FAILED")
+        else:
+            self._end(trial_id, cfg, _status(self.last.get(trial_id, {})), "FINISHED")
+
     def close(self, abandoned: str | None = None) -> None:
         """Wait for the queued logging. With `abandoned` (the sweep's MLflow status, e.g. KILLED),
         also end the trial runs still open, tagged `stopped`, so that no run is left running."""
@@ -204,6 +229,80 @@ class TrialRuns(tune.Callback):
             self.open.clear()
         if errors:
             raise RuntimeError(f"{len(errors)} MLflow logging call(s) failed; first: {errors[0]!r}") from errors[0]
+
+
+class SweepView:
+    """Read access to one sweep's runs, for `lrtune report`: the newest parent run of `experiment`,
+    or the one `sweep` names (a parent run id or a sweep name)."""
+
+    def __init__(self, uri: str, experiment: str, sweep: str | None = None):
+        self.client = client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = ", ".join(e.name for e in client.search_experiments()) or "none"
+            raise ValueError(f"--experiment: no MLflow experiment {experiment!r} at {uri} (experiments "
+                             f"there: {names})")
+        self.experiment_id = exp.experiment_id
+        where = "tags.`lrtune.kind` = 'sweep'"
+        if sweep:
+            where += f" and (tags.`lrtune.sweep` = '{sweep}' or attributes.run_id = '{sweep}')"
+        found = client.search_runs([exp.experiment_id], filter_string=where, max_results=1,
+                                   order_by=["attributes.start_time DESC"])
+        if not found:
+            raise ValueError(f"--sweep: no lrtune sweep {sweep!r} in experiment {experiment!r}" if sweep else
+                             f"--experiment: experiment {experiment!r} has no lrtune sweep runs")
+        self.run = found[0]
+        self.run_id, self.name, self.status = self.run.info.run_id, self.run.info.run_name, self.run.info.status
+
+    def _children(self, kind: str) -> list:
+        return self.client.search_runs([self.experiment_id], max_results=10_000, filter_string=(
+            f"tags.`{PARENT_TAG}` = '{self.run_id}' and tags.`lrtune.kind` = '{kind}'"))
+
+    def ranked(self) -> tuple[list[dict], str]:
+        """One row per trial, best first (runs without the metric last), and the metric's name."""
+        trials = self._children("trial")
+        metric = "accuracy" if any("accuracy" in t.data.metrics for t in trials) or not trials else "r2"
+        rows = []
+        for t in trials:
+            p, m = t.data.params, t.data.metrics
+            lr = p.get("max_lr") or p.get("lr")
+            rows.append(dict(run_id=t.info.run_id, trial_id=t.data.tags.get("lrtune.trial_id"),
+                             metric=m.get(metric), std=m.get(f"{metric}_std"),
+                             epochs=int(m.get("epochs_run", 0)), status=t.data.tags.get("status", "?"),
+                             optimizer=p.get("optimizer", "?"), schedule=p.get("schedule", "?"),
+                             lr=float(lr) if lr else float("nan"),
+                             weight_decay=float(p.get("weight_decay", "nan"))))
+        rows.sort(key=lambda r: (r["metric"] is None, -(r["metric"] or 0.0)))
+        return rows, metric
+
+    def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, metric))
+
+    def range_tests(self) -> list[dict]:
+        out = []
+        for r in self._children("range_test"):
+            curve = json.loads(read_artifact(self.client, r.info.run_id, "range_test.json"))
+            out.append(dict(curve, optimizer=r.data.tags["optimizer"], weight_decay=float(r.data.tags["weight_decay"])))
+        return sorted(out, key=lambda c: (c["optimizer"], c["weight_decay"]))
+
+    def optuna_study(self) -> tuple[str, str]:
+        """The Optuna storage and study name of this sweep."""
+        return self.run.data.params.get("tracking.optuna_storage", "sqlite:///optuna.db"), self.name
+
+    def log_report_artifact(self, path: str) -> None:
+        self.client.log_artifact(self.run_id, path, "report")
+
+
+def _metrics(result: dict, now: int) -> list:
+    """The METRICS of one epoch's result, at step = epoch; non-finite values are left out."""
+    step = int(result.get("epoch", result.get("training_iteration", 0)))
+    return [Metric(k, float(result[k]), now, step) for k in METRICS
+            if isinstance(result.get(k), (int, float)) and math.isfinite(result[k])]
+
+
+def _status(last: dict) -> str:
+    status = last.get("status", "finished")
+    return "stopped" if status == "running" else status  # ended early without diverging: stopped
 
 
 def read_artifact(client: MlflowClient, run_id: str, path: str) -> str:

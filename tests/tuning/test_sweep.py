@@ -65,7 +65,7 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
     assert parent.data.params["epochs"] == "2" and parent.data.params["task"] == "digits"
-    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["config.yaml", "seeds.json", "summary.json"]
+    assert {"config.yaml", "seeds.json", "summary.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     # one range test per optimizer x weight decay, nested under the sweep, with plot and curve
     assert sorted((r.data.tags["optimizer"], float(r.data.tags["weight_decay"])) for r in range_tests) == [
         ("adamw", 0.0), ("adamw", 1e-4), ("sgdw", 0.0), ("sgdw", 1e-4)]
@@ -123,6 +123,53 @@ def test_export_then_train_reproduces_the_trial(smoke, tmp_path, capsys):
         main(["export", parent, "-o", str(tmp_path / "no.yaml"), "--tracking-uri", uri])
     assert e.value.code == 2 and f"RUN_ID: run {parent} is a sweep run" in capsys.readouterr().err
     assert not (tmp_path / "no.yaml").exists()
+
+
+def test_report_ranks_the_trials_and_logs_the_plots_to_the_parent(smoke, capsys):
+    client, parents, trials, _ = _runs(smoke.path, "smoke")
+    uri = f"sqlite:///{smoke.path}/mlflow.db"
+    assert main(["report", "--experiment", "smoke", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    ranked = sorted(trials, key=lambda t: -t.data.metrics["accuracy"])
+    lines = [line for line in out.splitlines() if line[:4].strip().isdigit()]
+    assert [line.split()[-1] for line in lines] == [t.info.run_id for t in ranked]  # best first
+    assert f"{ranked[0].data.metrics['accuracy']:.4f}" in lines[0]
+    assert f"lrtune export {ranked[0].info.run_id}" in out
+    logged = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
+    assert logged == {f"report/{n}.png" for n in ("learning_curves", "range_tests", "optuna_importances",
+                                                  "optuna_parallel_coordinates")}, out
+    with pytest.raises(SystemExit) as e:
+        main(["report", "--experiment", "nope", "--tracking-uri", uri])
+    assert e.value.code == 2 and "--experiment: no MLflow experiment 'nope'" in capsys.readouterr().err
+
+
+def test_seeds_in_lockstep_and_a_second_objective(ray_session, tmp_path, monkeypatch, capsys):
+    """seeds: 2 gives mean ± std per trial; also_minimize: epochs_to_target makes the Optuna study
+    two-objective, and the report shows the spread."""
+    import optuna
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _local(dict(name="two", task="digits", model="mlp", epochs=3, batch_size=100, seeds=2,
+                      optimizers=["adamw"], schedules=["one_cycle", "constant"],
+                      range_test=dict(num_iter=30, weight_decays=[0]), stopping=dict(scheduler="none"),
+                      search=dict(num_samples=2, max_concurrent=2, also_minimize="epochs_to_target",
+                                  target=0.5)), tmp_path)
+    assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
+    client, parents, trials, _ = _runs(tmp_path, "two")
+    for t in trials:
+        m = t.data.metrics
+        assert m["accuracy_std"] >= 0 and 1 <= m["epochs_to_target"] <= 4
+        history = {x.step: x.value for x in client.get_metric_history(t.info.run_id, "accuracy")}
+        reached = min([e for e, v in history.items() if v >= 0.5], default=4)
+        assert m["epochs_to_target"] == reached  # the first epoch whose mean reached the target
+    study = optuna.load_study(study_name=parents[0].info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    by_value = sorted(tuple(t.values) for t in study.trials)
+    assert by_value == sorted((t.data.metrics["accuracy"], t.data.metrics["epochs_to_target"]) for t in trials)
+    capsys.readouterr()
+    assert main(["report", "--experiment", "two", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                 "--no-plots"]) == 0
+    assert " ± " in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra,needle", [
@@ -240,3 +287,78 @@ def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_pa
     assert len(trials) == 1 and trials[0].data.tags["status"] == "finished"
     # each epoch logged once: a restart from scratch would have logged epochs 1 and 2 twice
     assert sorted(m.step for m in client.get_metric_history(trials[0].info.run_id, "r2")) == [1, 2, 3, 4, 5]
+
+
+def _finished_in_tune(results: Path) -> list[str]:
+    """Trials whose last result in Tune's own result.json says finished (what the driver knew)."""
+    done = []
+    for f in results.glob("*/trial_*/result.json"):
+        lines = f.read_text().splitlines()
+        if lines and json.loads(lines[-1]).get("status") == "finished":
+            done.append(f.parent.name.removeprefix("trial_"))
+    return done
+
+
+def test_resume_after_a_killed_driver_loses_no_trial_and_runs_none_twice(ray_session, tmp_path, monkeypatch):
+    """The driver (lrtune sweep in its own process, on this session's Ray) is killed with SIGKILL
+    once Tune has finished two trials; `--resume` continues the same experiment, study and parent
+    run. MLflow logging the dead driver had queued is made good from Tune's records."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    import ray
+
+    from tuning.config import parse
+    from tuning.sweep import run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    n, epochs = 6, 8
+    raw = _local(dict(name="killed", task="mnist1d", model="cnn", epochs=epochs, batch_size=100,
+                      optimizers=["adamw", "sgdw"], schedules=["one_cycle", "constant"],
+                      range_test=dict(num_iter=30, weight_decays=[0]),
+                      search=dict(num_samples=n, max_concurrent=2), stopping=dict(scheduler="none")), tmp_path)
+    path = _write(tmp_path, raw)
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address,
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    driver = subprocess.Popen([sys.executable, "-m", "tuning.cli", "sweep", str(path), "--verbose", "0"],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finished_before: list[str] = []
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+            finished_before = _finished_in_tune(tmp_path / "ray_results")
+            if len(finished_before) >= 2:
+                driver.send_signal(signal.SIGKILL)
+                break
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        driver.wait()
+    assert driver.returncode == -signal.SIGKILL and 2 <= len(finished_before) < n, "killed mid-sweep"
+
+    result = run_sweep(parse(raw), verbose=0, resume=True)
+
+    ids = [t["trial_id"] for t in result.trials]
+    assert len(ids) == n == len(set(ids))  # none lost, none twice
+    assert all(t["result"]["epoch"] == epochs and t["result"]["status"] == "finished" for t in result.trials)
+    for t in result.trials:
+        if t["trial_id"] in finished_before:  # not run again: its last result is the one from before
+            assert t["result"]["iterations_since_restore"] == epochs
+    client, parents, trials, range_tests = _runs(tmp_path, "killed")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags.get("lrtune.resumed") == "true"
+    assert len(range_tests) == 2  # the seeds were reused, not tested again
+    by_id = {}
+    for t in trials:
+        by_id.setdefault(t.data.tags["lrtune.trial_id"], []).append(t)
+    assert sorted(by_id) == sorted(ids) and all(len(v) == 1 for v in by_id.values())  # one MLflow run each
+    for t in trials:  # every epoch logged exactly once, every run ended
+        steps = [m.step for m in client.get_metric_history(t.info.run_id, "accuracy")]
+        assert sorted(steps) == list(range(1, epochs + 1)), (t.data.tags["lrtune.trial_id"], steps)
+        assert t.info.status == "FINISHED" and t.data.tags["status"] == "finished"
+    study = optuna.load_study(study_name=parents[0].info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == n
