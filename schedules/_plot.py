@@ -1,4 +1,5 @@
-"""The range-test plot: loss against LR (log x), the three regions shaded, the suggestion marked."""
+"""The range-test plot: loss against LR (log x), the three regions shaded, the suggestion marked.
+matplotlib's object API (no pyplot state), so it may be drawn on a logging thread."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import math
 
 
 def plot_range_test(result, path: str, title: str | None = None) -> str:
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = Figure(figsize=(7, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     raw = [(lr, v) for lr, v in zip(result.raw_lrs, result.raw_losses) if math.isfinite(v)]
     gaps = [lr for lr, v in zip(result.raw_lrs, result.raw_losses) if not math.isfinite(v)]
     if raw:
@@ -43,5 +44,4 @@ def plot_range_test(result, path: str, title: str | None = None) -> str:
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -21,10 +21,8 @@ The rules, in numbers (each is tested against a fabricated result in tests/tunin
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import ray
 import torch
@@ -63,8 +61,8 @@ class RangeTestOutcome:
     spread: float | None
     lrs: list[float]
     raw_losses: list[float | None]
-    seconds: float
-    plot_png: bytes = field(repr=False, default=b"")
+    seconds: float  # the test itself, in its Ray task
+    result: object = field(repr=False, default=None)  # the RangeTestResult, for its plot
 
     @property
     def ok(self) -> bool:
@@ -94,9 +92,14 @@ class OptimizerSeed:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> OptimizerSeed:
+        return cls(**dict(d, lambda_band=tuple(d["lambda_band"]) if d["lambda_band"] else None))
+
 
 def _one(settings: dict, optimizer: str, weight_decay: float) -> dict:
-    """One range test, in a Ray task (or inline): the result as plain data, with its plot."""
+    """One range test, in a Ray task (or inline). Its plot is drawn by the driver's logging thread
+    while the trials run, as the trials' own plots are."""
     t0 = time.perf_counter()
     torch.set_num_threads(settings["threads"])
     device = device_for(settings)
@@ -105,16 +108,12 @@ def _one(settings: dict, optimizer: str, weight_decay: float) -> dict:
                              batch_size=settings["batch_size"], start_lr=settings["start_lr"],
                              end_lr=settings["end_lr"], num_iter=settings["num_iter"],
                              repeats=settings["repeats"], seed=settings["seed"], device=device)
-    with tempfile.TemporaryDirectory() as d:
-        png = Path(result.plot(str(Path(d) / "range_test.png"),
-                               title=f"{settings['task']}/{settings['model']} {optimizer} "
-                               f"wd={weight_decay:g}: {result.diagnosis.status}")).read_bytes()
     s = result.suggestion
     return dict(optimizer=optimizer, weight_decay=weight_decay, status=result.diagnosis.status,
                 message=result.diagnosis.message, lr=s and s.lr, max_lr=s and s.max_lr,
                 spread=s and s.spread, lrs=list(result.raw_lrs),
                 raw_losses=[v if math.isfinite(v) else None for v in result.raw_losses],
-                seconds=time.perf_counter() - t0, plot_png=png)
+                seconds=time.perf_counter() - t0, result=result)
 
 
 def settings(cfg: SweepConfig, model: str) -> dict:

@@ -92,26 +92,26 @@ def find_sweep(cfg: SweepConfig) -> str:
     return str(found[-1])
 
 
-def seed_search(cfg: SweepConfig, task, model: str, sweep: tracking.Sweep) -> dict:
-    """The range tests (as Ray tasks), each logged as a nested MLflow run, read into seeds by the
-    seeding rules; a resumed sweep reuses the seeds it logged. Raises SeedingRefused."""
+def seed_search(cfg: SweepConfig, task, model: str, sweep: tracking.Sweep, later) -> dict:
+    """The range tests (as Ray tasks), each logged as a nested MLflow run (by `later`, the logging
+    thread, while the trials start), read into seeds by the seeding rules; a resumed sweep reuses
+    the seeds it logged. Raises SeedingRefused."""
     logged = sweep.load_seeds()
     if logged is not None:
-        return {k: seeding.OptimizerSeed(**dict(v, lambda_band=tuple(v["lambda_band"]) if v["lambda_band"] else None))
-                for k, v in logged.items()}
+        return {k: seeding.OptimizerSeed.from_dict(v) for k, v in logged.items()}
     t0 = time.perf_counter()
     outcomes = seeding.run_range_tests(cfg, model)
     settings = seeding.settings(cfg, model)
     for o in outcomes:
-        sweep.log_range_test(o, settings)
+        later(sweep.log_range_test, o, settings)
     try:
         seeds = seeding.seeds(outcomes, cfg, task.train_size)
     except seeding.SeedingRefused:
-        sweep.client.set_tag(sweep.run_id, "lrtune.stopped_by", "range_test")
+        later(sweep.client.set_tag, sweep.run_id, "lrtune.stopped_by", "range_test")
         raise
-    sweep.log_seeds(seeds)
-    sweep.client.log_metric(sweep.run_id, "range_test_seconds", sum(o.seconds for o in outcomes))
-    sweep.client.log_metric(sweep.run_id, "range_test_wall_s", time.perf_counter() - t0)
+    later(sweep.log_seeds, seeds)
+    later(sweep.client.log_metric, sweep.run_id, "range_test_seconds", sum(o.seconds for o in outcomes))
+    later(sweep.client.log_metric, sweep.run_id, "range_test_wall_s", time.perf_counter() - t0)
     print(seeding.describe(outcomes, seeds), flush=True)  # before the trials, whatever Tune's verbosity
     return seeds
 
@@ -135,7 +135,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     status = "FAILED"
     t0, started_at = time.perf_counter(), time.time()
     try:
-        seeds = seed_search(cfg, task, model, sweep) if cfg.search.seeded else None
+        seeds = seed_search(cfg, task, model, sweep, trial_runs.later) if cfg.search.seeded else None
         trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         callbacks = [trial_runs, CSVLoggerCallback(), JsonLoggerCallback()]
         if path and tune.Tuner.can_restore(path):
@@ -159,7 +159,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
         grid = tuner.fit()
         trial_runs.reconcile([dict(trial_id=r.metrics.get("trial_id"), config=r.config,
                                    error=str(r.error) if r.error else None,
-                                   history=functools.partial(_history, r)) for r in grid])
+                                   history=functools.partial(_history, r)) for r in grid], every_run=resume)
         trials = [dict(trial_id=r.metrics.get("trial_id"), config=r.config, result=r.metrics,
                        checkpoint=r.checkpoint, error=str(r.error) if r.error else None,
                        run_id=trial_runs.runs.get(r.metrics.get("trial_id"))) for r in grid]

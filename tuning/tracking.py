@@ -71,10 +71,11 @@ class Sweep:
         self.client.log_dict(rid, dict(lrs=outcome.lrs, raw_losses=outcome.raw_losses, status=outcome.status,
                                        message=outcome.message, lr=outcome.lr, max_lr=outcome.max_lr,
                                        spread=outcome.spread), "range_test.json")
-        if outcome.plot_png:
+        if outcome.result is not None:
             with tempfile.TemporaryDirectory() as d:
-                (Path(d) / "range_test.png").write_bytes(outcome.plot_png)
-                self.client.log_artifact(rid, str(Path(d) / "range_test.png"))
+                title = (f"{settings['task']}/{settings['model']} {outcome.optimizer} "
+                         f"wd={outcome.weight_decay:g}: {outcome.status}")
+                self.client.log_artifact(rid, outcome.result.plot(str(Path(d) / "range_test.png"), title))
         self.client.set_terminated(rid, "FINISHED")
         return rid
 
@@ -125,7 +126,8 @@ class TrialRuns(tune.Callback):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtune-mlflow")
         self._pending = []
 
-    def _later(self, fn, *args) -> None:
+    def later(self, fn, *args) -> None:
+        """Run fn(*args) on the logging thread, after what is queued (errors surface in close())."""
         self._pending.append(self._pool.submit(fn, *args))
 
     def _run_id(self, trial_id: str, cfg: dict) -> str:
@@ -149,10 +151,10 @@ class TrialRuns(tune.Callback):
         return self.runs[trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._later(self._run_id, trial.trial_id, dict(trial.config))
+        self.later(self._run_id, trial.trial_id, dict(trial.config))
 
     def on_trial_restore(self, iteration, trials, trial, **info):
-        self._later(self._tag_restored, trial.trial_id, dict(trial.config))
+        self.later(self._tag_restored, trial.trial_id, dict(trial.config))
 
     def _tag_restored(self, trial_id: str, cfg: dict) -> None:
         self.client.set_tag(self._run_id(trial_id, cfg), "lrtune.restored", "true")
@@ -161,17 +163,17 @@ class TrialRuns(tune.Callback):
         self.last[trial.trial_id] = result
         metrics = _metrics(result, int(time.time() * 1000))
         if metrics:
-            self._later(self._log_metrics, trial.trial_id, dict(trial.config), metrics)
+            self.later(self._log_metrics, trial.trial_id, dict(trial.config), metrics)
 
     def _log_metrics(self, trial_id: str, cfg: dict, metrics: list) -> None:
         self.client.log_batch(self._run_id(trial_id, cfg), metrics=metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._later(self._end, trial.trial_id, dict(trial.config), _status(self.last.get(trial.trial_id, {})),
+        self.later(self._end, trial.trial_id, dict(trial.config), _status(self.last.get(trial.trial_id, {})),
                     "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._later(self._end, trial.trial_id, dict(trial.config), "failed", "FAILED")
+        self.later(self._end, trial.trial_id, dict(trial.config), "failed", "FAILED")
 
     def _end(self, trial_id: str, cfg: dict, status: str, mlflow_status: str) -> None:
         run_id = self._run_id(trial_id, cfg)
@@ -188,19 +190,20 @@ class TrialRuns(tune.Callback):
     def on_experiment_end(self, trials, **info):
         self.close()
 
-    def reconcile(self, trials: list[dict]) -> None:
+    def reconcile(self, trials: list[dict], every_run: bool = False) -> None:
         """Make MLflow agree with Tune's own records. A driver killed mid-sweep loses the logging it
-        had queued; on resume, Tune does not re-run the trials it had finished by then, so their runs
-        are created, completed (missing epochs) and ended here. `trials`: dicts with trial_id,
-        config, error, and history (a callable giving one result dict per epoch, from Tune's files).
-        Costs one query when every run is already complete."""
+        had queued; on resume, Tune does not re-run the trials it had finished by then, and continues
+        the others from their checkpoints, so runs are created, completed (missing epochs) and ended
+        here. `trials`: dicts with trial_id, config, error, and history (a callable giving one result
+        dict per epoch, from Tune's files). Only missing or unfinished runs are checked (one query in
+        all) unless `every_run` (a resumed sweep: a run may lack the epochs of a dead driver)."""
         self.close()
         runs = {r.data.tags.get("lrtune.trial_id"): r for r in self.sweep.trial_runs()}
         for t in trials:
             run = runs.get(t["trial_id"])
-            if run is not None and run.info.status != "RUNNING":
+            if run is not None and run.info.status != "RUNNING" and not every_run:
                 continue
-            self._later(self._complete, t["trial_id"], dict(t["config"]), t["history"](), t["error"])
+            self.later(self._complete, t["trial_id"], dict(t["config"]), t["history"](), t["error"])
         self.close()
 
     def _complete(self, trial_id: str, cfg: dict, history: list[dict], error: str | None) -> None:
@@ -212,6 +215,8 @@ class TrialRuns(tune.Callback):
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
         if history:
             self.last[trial_id] = history[-1]
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            return  # it had ended: only epochs were missing
         if error:
             self._end(trial_id, cfg, "failed", "FAILED")
         else:

@@ -187,6 +187,24 @@ def test_train_refuses_a_bad_workflow_naming_the_key(extra, needle, tmp_path, ca
     assert e.value.code == 2 and needle in capsys.readouterr().err
 
 
+def test_a_refusing_range_test_stops_the_sweep_before_any_trial(ray_session, tmp_path, monkeypatch, capsys):
+    """The insurance check: labels that are noise make the range tests refuse; the sweep prints the
+    diagnosis, exits 1 and starts no trial; MLflow keeps the tests and a FAILED parent."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _local(dict(name="noise", task="tests.tuning.user_tasks:shuffled_labels", epochs=2, batch_size=50,
+                      optimizers=["adamw", "sgdw"], schedules=["constant"],
+                      range_test=dict(num_iter=50, weight_decays=[0]), search=dict(num_samples=2)), tmp_path)
+    assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "range test refused, no trial was started" in err
+    assert "adamw weight_decay=0: no_descent: the loss never fell" in err and "on_refusal: blind" in err
+    client, parents, trials, range_tests = _runs(tmp_path, "noise")
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    assert parents[0].data.tags["lrtune.stopped_by"] == "range_test"
+    assert trials == [] and sorted(r.data.tags["status"] for r in range_tests) == ["no_descent"] * 2
+    assert not list((tmp_path / "ray_results").glob("*/trial_*"))  # Tune never started
+
+
 def test_user_task_runs_and_a_diverged_trial_is_recorded(ray_session, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = _local(dict(name="fragile", task="tests.tuning.user_tasks:fragile", epochs=3, batch_size=50,

@@ -62,3 +62,13 @@ def flaky(data_dir) -> Task:
     return Task("flaky", (x[:400], y[:400]), (x[400:], y[400:]),
                 models={"mlp": lambda: CrashOnce(marker, crash_at_call=2 * steps_per_epoch + 3)},
                 loss_fn=nn.functional.mse_loss, metric=r2, metric_name="r2")
+
+
+def shuffled_labels() -> Task:
+    """Targets that are noise, unrelated to the inputs: a data bug. Nothing can be learned, so the
+    range test's loss never falls and it refuses (no_descent/flat) instead of suggesting."""
+    x, _ = _regression(n=600)
+    y = torch.randn(600, 1, generator=torch.Generator().manual_seed(1))
+    return Task("shuffled_labels", (x[:500], y[:500]), (x[500:], y[500:]),
+                models={"linear": lambda: nn.Linear(4, 1)}, loss_fn=nn.functional.mse_loss, metric=r2,
+                metric_name="r2")
