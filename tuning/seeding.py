@@ -175,7 +175,7 @@ def describe(outcomes: list[RangeTestOutcome], seeds: dict[str, OptimizerSeed]) 
              f"  {'optimizer':9}  {'decay':>7}  {'status':20}  {'max_lr':>8}  {'lr':>8}  {'spread':>6}  {'s':>5}"]
     for o in outcomes:
         num = (f"{o.max_lr:8.3g}  {o.lr:8.3g}  {o.spread or 0:6.2f}" if o.ok else f"{'-':>8}  {'-':>8}  {'-':>6}")
-        lines.append(f"  {o.optimizer:9}  {o.weight_decay:7.0e}  {o.status:20}  {num}  {o.seconds:5.1f}")
+        lines.append(f"  {o.optimizer:9}  {o.weight_decay:7g}  {o.status:20}  {num}  {o.seconds:5.1f}")
     for opt, s in seeds.items():
         band = ("decay fixed at 0" if s.lambda_band is None else
                 f"lambda_norm {s.lambda_band[0]:.3g}..{s.lambda_band[1]:.3g} "

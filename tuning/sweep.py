@@ -37,6 +37,7 @@ class SweepResult:
     wall_time: float
     started_at: float  # time.time() when the sweep began (trial timestamps are on that clock)
     seeds: dict | None = None  # optimizer -> OptimizerSeed, when the search was seeded
+    range_test_seconds: float = 0.0  # the range tests' own time, summed over their Ray tasks
 
     def best(self, n: int = 5) -> list[dict]:
         done = [t for t in self.trials if t["result"].get(self.metric) is not None]
@@ -95,10 +96,10 @@ def find_sweep(cfg: SweepConfig) -> str:
 def seed_search(cfg: SweepConfig, task, model: str, sweep: tracking.Sweep, later) -> dict:
     """The range tests (as Ray tasks), each logged as a nested MLflow run (by `later`, the logging
     thread, while the trials start), read into seeds by the seeding rules; a resumed sweep reuses
-    the seeds it logged. Raises SeedingRefused."""
+    the seeds it logged. Returns the seeds and the tests' summed seconds. Raises SeedingRefused."""
     logged = sweep.load_seeds()
     if logged is not None:
-        return {k: seeding.OptimizerSeed.from_dict(v) for k, v in logged.items()}
+        return {k: seeding.OptimizerSeed.from_dict(v) for k, v in logged.items()}, 0.0
     t0 = time.perf_counter()
     outcomes = seeding.run_range_tests(cfg, model)
     settings = seeding.settings(cfg, model)
@@ -113,7 +114,7 @@ def seed_search(cfg: SweepConfig, task, model: str, sweep: tracking.Sweep, later
     later(sweep.client.log_metric, sweep.run_id, "range_test_seconds", sum(o.seconds for o in outcomes))
     later(sweep.client.log_metric, sweep.run_id, "range_test_wall_s", time.perf_counter() - t0)
     print(seeding.describe(outcomes, seeds), flush=True)  # before the trials, whatever Tune's verbosity
-    return seeds
+    return seeds, sum(o.seconds for o in outcomes)
 
 
 def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> SweepResult:
@@ -135,7 +136,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     status = "FAILED"
     t0, started_at = time.perf_counter(), time.time()
     try:
-        seeds = seed_search(cfg, task, model, sweep, trial_runs.later) if cfg.search.seeded else None
+        seeds, range_s = seed_search(cfg, task, model, sweep, trial_runs.later) if cfg.search.seeded else (None, 0.0)
         trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         callbacks = [trial_runs, CSVLoggerCallback(), JsonLoggerCallback()]
         if path and tune.Tuner.can_restore(path):
@@ -165,7 +166,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                        run_id=trial_runs.runs.get(r.metrics.get("trial_id"))) for r in grid]
         status = "FINISHED"
         result = SweepResult(name, sweep.run_id, task.metric_name, trials, time.perf_counter() - t0,
-                             started_at, seeds)
+                             started_at, seeds, range_s)
         best = result.best(1)
         sweep.end(status, best_metric=best[0]["result"][task.metric_name] if best else None,
                   trials=len(trials), wall_time=result.wall_time)

@@ -336,7 +336,8 @@ def exported_workflow(uri: str, run_id: str) -> tuple[dict, dict]:
     workflow = yaml.safe_load(read_artifact(client, run_id, WORKFLOW_ARTIFACT))
     source = dict(run_id=run_id, run_name=run.info.run_name, status=run.data.tags.get("status"),
                   sweep_run_id=run.data.tags.get(PARENT_TAG),
-                  metrics={k: v for k, v in run.data.metrics.items() if k in ("accuracy", "r2", "accuracy_std", "r2_std", "val_loss")})
+                  metrics={k: v for k, v in run.data.metrics.items()
+                           if k in ("accuracy", "r2", "accuracy_std", "r2_std", "val_loss")})
     return workflow, source
 
 

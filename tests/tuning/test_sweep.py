@@ -103,7 +103,7 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
 
 
 def test_export_then_train_reproduces_the_trial(smoke, tmp_path, capsys):
-    client, _, trials, _ = _runs(smoke.path, "smoke")
+    _, _, trials, _ = _runs(smoke.path, "smoke")
     best = max(trials, key=lambda t: t.data.metrics["accuracy"])
     uri = f"sqlite:///{smoke.path}/mlflow.db"
     out = tmp_path / "workflow.yaml"
@@ -198,7 +198,7 @@ def test_a_refusing_range_test_stops_the_sweep_before_any_trial(ray_session, tmp
     err = capsys.readouterr().err
     assert "range test refused, no trial was started" in err
     assert "adamw weight_decay=0: no_descent: the loss never fell" in err and "on_refusal: blind" in err
-    client, parents, trials, range_tests = _runs(tmp_path, "noise")
+    _, parents, trials, range_tests = _runs(tmp_path, "noise")
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
     assert parents[0].data.tags["lrtune.stopped_by"] == "range_test"
     assert trials == [] and sorted(r.data.tags["status"] for r in range_tests) == ["no_descent"] * 2
@@ -211,7 +211,7 @@ def test_user_task_runs_and_a_diverged_trial_is_recorded(ray_session, tmp_path, 
                       optimizers=["adamw", "sgdw"], schedules=["constant"],
                       search=dict(num_samples=2, max_concurrent=2, seeded=False)), tmp_path)
     assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
-    client, parents, trials, _ = _runs(tmp_path, "fragile")
+    _, parents, trials, _ = _runs(tmp_path, "fragile")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     by_opt = {t.data.tags["optimizer"]: t for t in trials}
     assert by_opt.keys() == {"adamw", "sgdw"}
