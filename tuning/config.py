@@ -7,7 +7,7 @@ offending key (dotted path), the rule it broke and the value given; the CLI turn
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -56,6 +56,9 @@ class Search(_Strict):
     max_concurrent: int = Field(2, ge=1)
     seeded: bool = True
     seed: int = 0
+    # Trials of your own to run first (after the seeded warm start), as Ray Tune's points_to_evaluate:
+    # values of the search's parameters, e.g. {optimizer: adamw, schedule: constant, lr: 0.001}.
+    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
     # A second objective for Optuna's multi-objective search (the metric is always the first).
     also_minimize: Literal["epochs_to_target", "wall_time"] | None = None
     target: float | None = None  # the metric value that epochs_to_target counts up to

@@ -26,17 +26,11 @@ from .seeding import OptimizerSeed
 LR_RANGE = (1e-5, 1.0)
 DECAY_RANGE = (1e-6, 1e-1)
 SHIFT = (-0.5, 0.5)  # decades around a seed's centre: a one-decade band
-# Where a blind sweep starts for each optimizer family, one point per optimizer x schedule.
-BLIND_START = {"adaptive": dict(lr=1e-3, max_lr=1e-2), "sgd": dict(lr=0.05, max_lr=0.3)}
 # Momentum (SGD) or beta1 (Adam family): Smith's 1-cycle range 0.95 -> 0.85, else about 0.9.
 MOMENTUM = (0.85, 0.95)
 MAX_MOMENTUM, BASE_MOMENTUM = (0.9, 0.99), (0.8, 0.9)
 START = dict(lr_shift=0.0, decay_shift=0.0, momentum=0.9, max_momentum=0.95, base_momentum=0.85,
              base_div=4.0, mode="triangular2", eta_min_ratio=0.01)
-
-
-def _family(optimizer: str) -> str:
-    return "adaptive" if optimizer.startswith("adam") else "sgd"
 
 
 def _sgdr_plans(epochs: int, steps_per_epoch: int) -> dict[str, dict]:
@@ -114,20 +108,19 @@ def space(trial: optuna.Trial, cfg: SweepConfig, steps_per_epoch: int, constants
 
 def start_points(cfg: SweepConfig, steps_per_epoch: int,
                  seeds: dict[str, OptimizerSeed] | None = None) -> list[dict]:
-    """One point per optimizer x schedule, so that a short sweep covers every combination. With
-    seeds, these are the range tests' suggestions themselves (no shift)."""
+    """The warm start: the range tests' suggestions themselves (no shift), one per seeded
+    optimizer x schedule, so that a short sweep covers every combination at its seed. An optimizer
+    without a seed (blind mode) gets none: the blind search starts where its sampler does."""
     points = []
     epochs_up = max(_epochs_up(cfg)[0], min(_epochs_up(cfg)[1], cfg.epochs // 4))
     plans = list(_sgdr_plans(cfg.epochs, steps_per_epoch))
     for optimizer in cfg.optimizers:
-        seeded = (seeds or {}).get(optimizer) is not None
+        seed = (seeds or {}).get(optimizer)
+        if seed is None:
+            continue
         for schedule in cfg.schedules:
-            p = dict(optimizer=optimizer, schedule=schedule, **_relevant(schedule, seeded))
-            if not seeded:
-                p["weight_decay"] = 1e-4
-                p["max_lr" if schedule in ("one_cycle", "cyclic") else "lr"] = \
-                    BLIND_START[_family(optimizer)]["max_lr" if schedule in ("one_cycle", "cyclic") else "lr"]
-            elif seeds[optimizer].lambda_band is None:
+            p = dict(optimizer=optimizer, schedule=schedule, **_relevant(schedule))
+            if seed.lambda_band is None:
                 p.pop("decay_shift")
             if schedule == "cyclic":
                 p["epochs_up"] = epochs_up
@@ -137,12 +130,10 @@ def start_points(cfg: SweepConfig, steps_per_epoch: int,
     return points
 
 
-def _relevant(schedule: str, seeded: bool) -> dict:
+def _relevant(schedule: str) -> dict:
     keys = {"one_cycle": ("max_momentum", "base_momentum"), "cyclic": ("base_div", "mode", "momentum"),
             "sgdr": ("eta_min_ratio", "momentum"), "constant": ("momentum",)}[schedule]
-    if seeded:
-        keys += ("lr_shift", "decay_shift")
-    return {k: START[k] for k in keys}
+    return {k: START[k] for k in keys + ("lr_shift", "decay_shift")}
 
 
 class _FinalValueSearch(OptunaSearch):
@@ -174,7 +165,8 @@ def searcher(cfg: SweepConfig, metric: str, study_name: str, steps_per_epoch: in
                                 seeds=seeds),
         metric=metrics if len(metrics) > 1 else metrics[0], mode=modes if len(modes) > 1 else modes[0],
         sampler=sampler, storage=storage, study_name=study_name,
-        points_to_evaluate=start_points(cfg, steps_per_epoch, seeds)[:cfg.search.num_samples])
+        points_to_evaluate=(start_points(cfg, steps_per_epoch, seeds)
+                            + [dict(p) for p in cfg.search.points_to_evaluate])[:cfg.search.num_samples])
 
 
 def plot_study(storage: str, study_name: str, metric: str, folder) -> list[str]:

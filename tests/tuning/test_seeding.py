@@ -148,4 +148,7 @@ def test_blind_mode_keeps_the_wide_space_and_no_seeded_start():
     d = trial.distributions
     assert d["weight_decay"] == optuna.distributions.FloatDistribution(1e-6, 1e-1, log=True)
     assert d.get("lr", d.get("max_lr")) == optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)
-    assert all("lr_shift" not in p for p in search.start_points(CFG, STEPS, None))
+    assert search.start_points(CFG, STEPS, None) == []  # no warm start
+    half = seeds([_outcome("adamw", 0, 0.05)], parse(dict(optimizers=["adamw", "sgdw"],
+                                                         range_test=dict(on_refusal="blind"))), TRAIN_SIZE)
+    assert {p["optimizer"] for p in search.start_points(CFG, STEPS, half)} == {"adamw"}

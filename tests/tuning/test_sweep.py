@@ -209,7 +209,10 @@ def test_user_task_runs_and_a_diverged_trial_is_recorded(ray_session, tmp_path, 
     monkeypatch.chdir(tmp_path)
     cfg = _local(dict(name="fragile", task="tests.tuning.user_tasks:fragile", epochs=3, batch_size=50,
                       optimizers=["adamw", "sgdw"], schedules=["constant"],
-                      search=dict(num_samples=2, max_concurrent=2, seeded=False)), tmp_path)
+                      search=dict(num_samples=2, max_concurrent=2, seeded=False, points_to_evaluate=[
+                          dict(optimizer="sgdw", schedule="constant", lr=0.05, weight_decay=1e-4, momentum=0.9),
+                          dict(optimizer="adamw", schedule="constant", lr=1e-3, weight_decay=1e-4, momentum=0.9)])),
+                 tmp_path)
     assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
     _, parents, trials, _ = _runs(tmp_path, "fragile")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -283,7 +286,9 @@ def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_pa
     data.mkdir()
     cfg = parse(_local(dict(name="flaky", task="tests.tuning.user_tasks:flaky", data_dir=str(data),
                             epochs=5, batch_size=50, optimizers=["adamw"], schedules=["one_cycle"],
-                            search=dict(num_samples=1, max_concurrent=1, seeded=False)), tmp_path))
+                            search=dict(num_samples=1, max_concurrent=1, seeded=False, points_to_evaluate=[
+                                dict(optimizer="adamw", schedule="one_cycle", max_lr=0.01, weight_decay=1e-4,
+                                     max_momentum=0.95, base_momentum=0.85)])), tmp_path))
     result = run_sweep(cfg, verbose=0)
     assert (data / "crashed-once").exists()  # it did crash
     [trial] = result.trials
