@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -312,6 +313,7 @@ def _status(last: dict) -> str:
 
 def read_artifact(client: MlflowClient, run_id: str, path: str) -> str:
     """A run's text artifact, from the store this client talks to (not the global tracking URI)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per small file
     with tempfile.TemporaryDirectory() as d:
         return Path(client.download_artifacts(run_id, path, d)).read_text()
 
