@@ -7,14 +7,16 @@ every trial trains its whole budget and trial counts compare like for like. Prin
    target <= 1/3 of blind's budget;
 2. best accuracy of each at equal budget, target seeded >= blind + 1 pt, or both at the ceiling
    (within 0.5 pt of the best accuracy any trial of this benchmark reached), saying which;
-3. the range tests' share of the seeded sweeps' compute (their Ray tasks' seconds / those + the
-   trials' seconds), per sweep and over all, target <= 3 %.
+3. the range tests' share of the seeded sweeps' total compute (their Ray tasks' seconds / the
+   machine's busy CPU-seconds during the sweep, so run it on an otherwise idle machine), target
+   <= 3 %; also against the trials' own seconds only.
 `python -m bench.seeded_vs_blind [--trials 32] [--epochs 20] [--seeds 3] [--quick]`
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +31,14 @@ from tuning.sweep import init_ray, run_sweep
 CEILING_MARGIN = 0.005  # "at the ceiling": within 0.5 pt of the best any trial reached
 
 
+def busy_cpu_seconds() -> float:
+    """CPU-seconds this machine has spent busy (all cores, /proc/stat: everything but idle and
+    iowait): over a sweep on an otherwise idle machine, the sweep's total compute — trials, range
+    tests, worker start-up, Tune's driver loop, MLflow logging and plots, Ray's own processes."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def sweep(tmp: Path, mode: str, seed: int, trials: int, epochs: int) -> dict:
     cfg = parse(dict(
         name=f"{mode}-{seed}", task="mnist1d", model="cnn", epochs=epochs, batch_size=100,
@@ -39,12 +49,14 @@ def sweep(tmp: Path, mode: str, seed: int, trials: int, epochs: int) -> dict:
         tracking=dict(mlflow_uri=f"sqlite:///{tmp}/mlflow.db", experiment=f"{mode}-{seed}",
                       optuna_storage=f"sqlite:///{tmp}/optuna.db"),
         storage_path=str(tmp / "ray_results")))
+    cpu0 = busy_cpu_seconds()
     r = run_sweep(cfg, verbose=0)
+    cpu = busy_cpu_seconds() - cpu0
     done = sorted(r.trials, key=lambda t: t["result"]["timestamp"] - t["result"]["time_total_s"])  # start order
     accs = [t["result"].get("accuracy", 0.0) if t["result"].get("status") == "finished" else 0.0 for t in done]
     return dict(mode=mode, seed=seed, accuracies=accs, running_best=list(np.maximum.accumulate(accs)),
                 trial_seconds=sum(t["result"]["time_total_s"] for t in done),
-                range_test_seconds=r.range_test_seconds, wall_s=r.wall_time,
+                range_test_seconds=r.range_test_seconds, wall_s=r.wall_time, busy_cpu_s=cpu,
                 first=[(t["config"]["optimizer"], t["config"]["schedule"]) for t in done[:8]])
 
 
@@ -73,10 +85,10 @@ def main(argv=None):
         target = blind["running_best"][-1]
         k = next((i + 1 for i, b in enumerate(seeded["running_best"]) if b >= target), None)
         needed.append(k)
-        share = seeded["range_test_seconds"] / (seeded["range_test_seconds"] + seeded["trial_seconds"])
         rows.append([s, f"{target:.4f}", f"{seeded['running_best'][-1]:.4f}",
                      f"{k}" if k else f"not in {trials}", f"{seeded['running_best'][trials // 3 - 1]:.4f}",
-                     f"{blind['running_best'][trials // 3 - 1]:.4f}", f"{100 * share:.1f} %"])
+                     f"{blind['running_best'][trials // 3 - 1]:.4f}",
+                     f"{100 * seeded['range_test_seconds'] / seeded['busy_cpu_s']:.1f} %"])
     print(table(["search seed", f"blind best of {trials}", f"seeded best of {trials}",
                  "trials seeded needs to reach blind's best", f"seeded best of {trials // 3}",
                  f"blind best of {trials // 3}", "range tests' share"], rows))
@@ -95,16 +107,17 @@ def main(argv=None):
           f"{'met' if worst <= trials // 3 else 'missed'}")
     print(f"2. best at equal budget ({trials} trials): seeded {sb.mean():.4f} ± {sb.std():.4f}, blind "
           f"{bb.mean():.4f} ± {bb.std():.4f}, difference {100 * gain:+.2f} pt: {verdict2}")
-    pooled = (sum(runs["seeded", s]["range_test_seconds"] for s in range(seeds))
-              / sum(runs["seeded", s]["range_test_seconds"] + runs["seeded", s]["trial_seconds"] for s in range(seeds)))
-    print(f"3. range tests' share of the seeded sweeps' compute: {', '.join(f'{100 * x:.1f} %' for x in shares)}"
-          f" per sweep, {100 * pooled:.2f} % over all {seeds} (target <= 3 %): "
-          f"{'met' if pooled <= 0.03 else 'missed'} over all, {sum(x <= 0.03 for x in shares)} of {seeds} sweeps each")
+    total = [runs["seeded", s]["range_test_seconds"] / runs["seeded", s]["busy_cpu_s"] for s in range(seeds)]
+    print(f"3. range tests' share of the seeded sweeps' total compute (their tasks' seconds / the machine's busy "
+          f"CPU-seconds during the sweep): {', '.join(f'{100 * x:.1f} %' for x in total)} (target <= 3 %): "
+          f"{'met' if max(total) <= 0.03 else 'missed'}")
+    print(f"   against the trials' own seconds only (a lower bound on the sweep's compute): "
+          f"{', '.join(f'{100 * x:.1f} %' for x in shares)}")
     print(f"wall time {time.perf_counter() - t0:.0f} s; seeded sweeps' first trials (the warm start): "
           f"{runs['seeded', 0]['first']}")
     save("seeded_vs_blind" + ("_quick" if args.quick else ""),
          dict(trials=trials, epochs=epochs, seeds=seeds, ceiling=ceiling, needed=needed, shares=shares,
-              pooled_share=pooled,
+              total_shares=total,
               seeded_best=sb.tolist(), blind_best=bb.tolist(), runs={f"{m}-{s}": r for (m, s), r in runs.items()}))
 
 

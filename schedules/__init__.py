@@ -1,10 +1,10 @@
 """lrtune's science core (torch only): the LR range test, LR/momentum schedules, SGDW and
 normalized weight decay."""
 
-from .lr import at_cycle_end, constant, cyclic, one_cycle, sgdr, sgdr_plans, sgdr_total_steps
+from .lr import SCHEDULES, at_cycle_end, constant, cyclic, one_cycle, sgdr, sgdr_plans, sgdr_total_steps
 from .optim import SGDW, normalized_weight_decay
 from .range_test import Diagnosis, RangeTestResult, Suggestion, default_step, range_test
 
-__all__ = ["range_test", "RangeTestResult", "Suggestion", "Diagnosis", "default_step",
+__all__ = ["SCHEDULES", "range_test", "RangeTestResult", "Suggestion", "Diagnosis", "default_step",
            "one_cycle", "cyclic", "sgdr", "constant", "at_cycle_end", "sgdr_total_steps", "sgdr_plans", "SGDW",
            "normalized_weight_decay"]

@@ -14,8 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from schedules import SGDW, at_cycle_end, constant, cyclic, one_cycle, sgdr
-from schedules.lr import SCHEDULES
+from schedules import SCHEDULES, SGDW, at_cycle_end, constant, cyclic, one_cycle, sgdr
 from schedules._checks import in_range, non_negative, one_of, positive
 
 from .tasks import Task

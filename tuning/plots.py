@@ -61,7 +61,8 @@ def plot_range_tests(tests: list[dict], path: str) -> str:
         ax = fig.add_subplot(1, len(optimizers), i + 1)
         for j, t in enumerate(x for x in tests if x["optimizer"] == opt):
             losses = [float("nan") if v is None else v for v in t["raw_losses"]]
-            ax.plot(t["lrs"][:len(losses)], losses, color=f"C{j}", lw=1, label=f"wd={t['weight_decay']:g} ({t['status']})")
+            ax.plot(t["lrs"][:len(losses)], losses, color=f"C{j}", lw=1,
+                    label=f"wd={t['weight_decay']:g} ({t['status']})")
             if t.get("max_lr"):
                 ax.axvline(t["max_lr"], color=f"C{j}", ls="--", lw=1)
         finite = [v for t in tests if t["optimizer"] == opt for v in t["raw_losses"] if v is not None]

@@ -86,14 +86,15 @@ def init_ray(address: str | None = None) -> None:
 def find_sweep(cfg: SweepConfig) -> str:
     """The newest sweep directory of this config's name under its storage path (for --resume)."""
     root = Path(_abs(cfg.storage_path or "ray_results"))
-    found = sorted(p for p in root.glob(f"{cfg.name}-*") if re.fullmatch(rf"{re.escape(cfg.name)}-\d{{8}}-\d{{6}}", p.name))
+    pattern = re.compile(rf"{re.escape(cfg.name)}-\d{{8}}-\d{{6}}")
+    found = sorted(p for p in root.glob(f"{cfg.name}-*") if pattern.fullmatch(p.name))
     if not found:
         raise ConfigError(f"--resume: no sweep named {cfg.name!r} under {root} to resume "
                           f"(directories {cfg.name}-YYYYmmdd-HHMMSS); run it without --resume first")
     return str(found[-1])
 
 
-def seed_search(cfg: SweepConfig, task, model: str, sweep: tracking.Sweep, later) -> dict:
+def seed_search(cfg: SweepConfig, task, model: str, sweep: tracking.Sweep, later) -> tuple[dict, float]:
     """The range tests (as Ray tasks), each logged as a nested MLflow run (by `later`, the logging
     thread, while the trials start), read into seeds by the seeding rules; a resumed sweep reuses
     the seeds it logged. Returns the seeds and the tests' summed seconds. Raises SeedingRefused."""
@@ -110,11 +111,12 @@ def seed_search(cfg: SweepConfig, task, model: str, sweep: tracking.Sweep, later
     except seeding.SeedingRefused:
         later(sweep.client.set_tag, sweep.run_id, "lrtune.stopped_by", "range_test")
         raise
+    seconds = sum(o.seconds for o in outcomes)
     later(sweep.log_seeds, seeds)
-    later(sweep.client.log_metric, sweep.run_id, "range_test_seconds", sum(o.seconds for o in outcomes))
+    later(sweep.client.log_metric, sweep.run_id, "range_test_seconds", seconds)
     later(sweep.client.log_metric, sweep.run_id, "range_test_wall_s", time.perf_counter() - t0)
     print(seeding.describe(outcomes, seeds), flush=True)  # before the trials, whatever Tune's verbosity
-    return seeds, sum(o.seconds for o in outcomes)
+    return seeds, seconds
 
 
 def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> SweepResult:
@@ -136,7 +138,8 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     status = "FAILED"
     t0, started_at = time.perf_counter(), time.time()
     try:
-        seeds, range_s = seed_search(cfg, task, model, sweep, trial_runs.later) if cfg.search.seeded else (None, 0.0)
+        seeds, range_s = (seed_search(cfg, task, model, sweep, trial_runs.later) if cfg.search.seeded
+                          else (None, 0.0))
         trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         callbacks = [trial_runs, CSVLoggerCallback(), JsonLoggerCallback()]
         if path and tune.Tuner.can_restore(path):
@@ -144,7 +147,6 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
             # Tune restores the callbacks it pickled; use this run's (no public API: ray#41364).
             tuner._local_tuner.get_run_config().callbacks = callbacks
         else:
-            metrics, modes = search.objectives(cfg, task.metric_name)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
