@@ -21,7 +21,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from trainables.tasks import load_task
 from trainables.trainable import train
 
-from . import search, seeding, tracking
+from . import preflight, search, seeding, tracking
 from .config import ConfigError, SweepConfig
 from .plots import plot_schedule
 from .report import table
@@ -132,6 +132,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     # the tracking UI, and the event writer costs ~6 ms of the driver's loop per epoch of every trial.
     # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 in the environment brings it back.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    preflight.check(cfg, _abs(cfg.storage_path or "ray_results"), ray.nodes())  # before any run is written
     sweep = tracking.Sweep(cfg.tracking.mlflow_uri, cfg.tracking.experiment, name, cfg.model_dump(),
                            resume=resume)
     trial_runs = tracking.TrialRuns(sweep, functools.partial(plot_schedule, steps_per_epoch=steps))
