@@ -155,10 +155,14 @@ class TrialRuns(tune.Callback):
         self.later(self._run_id, trial.trial_id, dict(trial.config))
 
     def on_trial_restore(self, iteration, trials, trial, **info):
-        self.later(self._tag_restored, trial.trial_id, dict(trial.config))
+        self.later(self._tag, trial.trial_id, dict(trial.config), "lrtune.restored")
 
-    def _tag_restored(self, trial_id: str, cfg: dict) -> None:
-        self.client.set_tag(self._run_id(trial_id, cfg), "lrtune.restored", "true")
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failed trial (e.g. its node was lost) about to be retried from its last checkpoint."""
+        self.later(self._tag, trial.trial_id, dict(trial.config), "lrtune.recovered")
+
+    def _tag(self, trial_id: str, cfg: dict, tag: str) -> None:
+        self.client.set_tag(self._run_id(trial_id, cfg), tag, "true")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last[trial.trial_id] = result
