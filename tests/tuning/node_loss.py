@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 
-
 def main(config_path: str, results: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
