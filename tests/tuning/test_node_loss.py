@@ -12,12 +12,10 @@ from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
 
-from .test_submit import mlflow_server  # noqa: F401 - the fixture
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_a_lost_node_costs_at_most_the_epochs_since_a_checkpoint(mlflow_server, tmp_path):  # noqa: F811
+def test_a_lost_node_costs_at_most_the_epochs_since_a_checkpoint(mlflow_server, tmp_path):
     epochs = 8
     cfg = dict(name="nodeloss", task="mnist1d", model="cnn", epochs=epochs, batch_size=100,
                optimizers=["adamw"], schedules=["constant", "one_cycle"], seeds=1,

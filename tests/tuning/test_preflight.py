@@ -1,7 +1,6 @@
 """Preflight: a sweep whose surroundings cannot work fails within seconds, naming the key, with
 exit 2 and nothing written (no MLflow store, no results folder)."""
 
-import socket
 import time
 
 import pytest
@@ -11,11 +10,7 @@ from tuning import preflight
 from tuning.cli import main
 from tuning.config import ConfigError, parse
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import free_port
 
 
 def _sweep(tmp_path, **over) -> list[str]:
@@ -41,7 +36,7 @@ def _sweep(tmp_path, **over) -> list[str]:
 def test_a_sweep_that_cannot_work_fails_fast_naming_the_key(over, needle, ray_session, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     if over == "unreachable":
-        over = dict(tracking=dict(mlflow_uri=f"http://127.0.0.1:{_free_port()}"))
+        over = dict(tracking=dict(mlflow_uri=f"http://127.0.0.1:{free_port()}"))
     elif over == "file-in-the-way":
         (tmp_path / "afile").write_text("")
         over = dict(storage_path=str(tmp_path / "afile" / "results"))

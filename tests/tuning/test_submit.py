@@ -5,49 +5,17 @@ script is what is tested end to end here), reporting to a real `mlflow server` s
 127.0.0.1 on a free port."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from .conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-                             "--artifacts-destination", str(tmp_path / "server-artifacts")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.time() > deadline or proc.poll() is not None:
-            proc.kill()
-            pytest.fail("mlflow server did not come up within 90 s")
-        time.sleep(0.5)
-    yield uri
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
 
 
 def test_submit_script_runs_the_sweep_on_a_running_cluster_into_an_mlflow_server(ray_session, mlflow_server, tmp_path):
@@ -84,7 +52,7 @@ def test_submit_fails_fast_when_the_head_tracking_server_is_down(ray_session, tm
     t0 = time.time()
     done = subprocess.run([sys.executable, str(ROOT / "tuning" / "submit.py"), "sweep.yaml",
                            "--address", ray.get_runtime_context().gcs_address,
-                           "--tracking-uri", f"http://127.0.0.1:{_free_port()}"],
+                           "--tracking-uri", f"http://127.0.0.1:{free_port()}"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "tracking.mlflow_uri: no MLflow tracking server answers" in done.stderr
     assert time.time() - t0 < 60
