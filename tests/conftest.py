@@ -16,6 +16,6 @@ def ray_session():
 
     from tuning.sweep import init_ray
 
-    init_ray()
+    init_ray("local")  # a new local cluster, never one a `ray start` on this machine left behind
     yield
     ray.shutdown()

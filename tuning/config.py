@@ -111,6 +111,10 @@ class SweepConfig(_Strict):
     resources: Resources = Resources()
     tracking: Tracking = Tracking()
     storage_path: str | None = None  # Ray Tune results and checkpoints; default ./ray_results
+    # Checkpoints kept per trial (one per epoch, the oldest deleted). Tune rewrites its whole experiment
+    # state (~25 kB a trial) every `keep_checkpoints` reports so that no state names a deleted checkpoint:
+    # 1 costs ~4 % of a 32-trial sweep of 5-second trials, 4 costs a quarter of that.
+    keep_checkpoints: int = Field(4, ge=1)
     threads_per_trial: int = Field(1, ge=1)
     seed: int = 0
     seeds: int = Field(1, ge=1)  # each trial trains this many seeds in lockstep: mean ± std

@@ -23,7 +23,7 @@ from trainables.trainable import train
 
 from . import preflight, search, seeding, tracking
 from .config import ConfigError, SweepConfig
-from .plots import plot_schedule
+from .plots import plot_schedule_in_ray
 from .report import table
 from .stopping import ScheduleFairStopping
 
@@ -72,8 +72,8 @@ def _abs(path: str | None) -> str | None:
 
 
 def init_ray(address: str | None = None) -> None:
-    # Keeping one checkpoint per trial makes Tune snapshot its (small, local) experiment state
-    # after every report and warn about it each time; the snapshot costs milliseconds here.
+    # Keeping few checkpoints per trial makes Tune snapshot its experiment state every few reports
+    # (see SweepConfig.keep_checkpoints) and warn about it each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
@@ -135,7 +135,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     preflight.check(cfg, _abs(cfg.storage_path or "ray_results"), ray.nodes())  # before any run is written
     sweep = tracking.Sweep(cfg.tracking.mlflow_uri, cfg.tracking.experiment, name, cfg.model_dump(),
                            resume=resume)
-    trial_runs = tracking.TrialRuns(sweep, functools.partial(plot_schedule, steps_per_epoch=steps))
+    trial_runs = tracking.TrialRuns(sweep, functools.partial(plot_schedule_in_ray, steps_per_epoch=steps))
     status = "FAILED"
     t0, started_at = time.perf_counter(), time.time()
     try:
@@ -158,7 +158,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                 run_config=tune.RunConfig(
                     name=name, storage_path=_abs(cfg.storage_path or "ray_results"), verbose=verbose,
                     stop=_last_epoch, callbacks=callbacks,
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                     failure_config=tune.FailureConfig(max_failures=2)))
         grid = tuner.fit()
         trial_runs.reconcile([dict(trial_id=r.metrics.get("trial_id"), config=r.config,
