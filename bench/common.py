@@ -1,4 +1,6 @@
-"""Helpers shared by the benchmarks: a pool of one-thread workers, result files, tables."""
+"""Helpers shared by the benchmarks: a pool of one-thread workers, result files, plots, MLflow
+logging, tables. Results go to bench/results/, or to $LRTUNE_BENCH_RESULTS (the tests' temp dir);
+MLflow runs to $LRTUNE_BENCH_MLFLOW, default sqlite:///<results>/mlflow.db, experiment "bench"."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(os.environ.get("LRTUNE_BENCH_RESULTS") or Path(__file__).parent / "results")
 
 
 def _one_thread() -> None:
@@ -22,11 +24,65 @@ def pool(workers: int | None = None) -> ProcessPoolExecutor:
 
 
 def save(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1, default=float))
     tmp.replace(path)
+    return path
+
+
+def figure(size=(6.4, 4.0)):
+    """A matplotlib Figure with an Agg canvas (object API: no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig, name: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def log_mlflow(name: str, params: dict, metrics: dict, files: list[Path]) -> str:
+    """One MLflow run per benchmark run (experiment "bench"): params, headline metrics, the result
+    JSON and plots as artifacts. Returns the run id."""
+    import mlflow
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    client = mlflow.MlflowClient(os.environ.get("LRTUNE_BENCH_MLFLOW") or f"sqlite:///{RESULTS.resolve()}/mlflow.db")
+    exp = client.get_experiment_by_name("bench")
+    if exp is None:  # artifacts beside the store, not in the working directory's ./mlruns
+        exp = client.get_experiment(client.create_experiment(
+            "bench", artifact_location=(RESULTS.resolve() / "mlartifacts").as_uri()))
+    run = client.create_run(exp.experiment_id, run_name=name,
+                            tags={"lrtune.kind": "bench", "bench": name})
+    rid = run.info.run_id
+    for k, v in params.items():
+        client.log_param(rid, k, str(v)[:6000])
+    for k, v in metrics.items():
+        if v is not None and np.isfinite(v):
+            client.log_metric(rid, k, float(v))
+    for f in files:
+        client.log_artifact(rid, str(f))
+    client.set_terminated(rid, "FINISHED")
+    return rid
+
+
+def finish(name: str, quick: bool, payload: dict, figures: dict | None = None, params: dict | None = None,
+           metrics: dict | None = None) -> Path:
+    """Save `<name>[_quick].json` and its plots `<name>[_quick]_<key>.png`, log them to MLflow."""
+    stem = name + ("_quick" if quick else "")
+    pngs = [save_png(fig, f"{stem}_{key}") for key, fig in (figures or {}).items()]
+    payload = dict(payload, plots=[p.name for p in pngs])
+    path = save(stem, payload)
+    log_mlflow(stem, params or {}, metrics or {}, [path, *pngs])
     return path
 
 
