@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import save, table
+from bench.common import figure, finish, table
 from trainables.tasks import load_task
 from tuning.config import parse
 from tuning.sweep import init_ray, run_sweep
@@ -115,10 +115,34 @@ def main(argv=None):
           f"{', '.join(f'{100 * x:.1f} %' for x in shares)}")
     print(f"wall time {time.perf_counter() - t0:.0f} s; seeded sweeps' first trials (the warm start): "
           f"{runs['seeded', 0]['first']}")
-    save("seeded_vs_blind" + ("_quick" if args.quick else ""),
-         dict(trials=trials, epochs=epochs, seeds=seeds, ceiling=ceiling, needed=needed, shares=shares,
-              total_shares=total,
-              seeded_best=sb.tolist(), blind_best=bb.tolist(), runs={f"{m}-{s}": r for (m, s), r in runs.items()}))
+    headline = {"trials seeded needs to reach blind's best (per search seed)": str(needed),
+                f"seeded best of {trials}": f"{sb.mean():.4f} ± {sb.std():.4f}",
+                f"blind best of {trials}": f"{bb.mean():.4f} ± {bb.std():.4f}",
+                "seeded - blind (pt)": 100 * gain, "verdict at equal budget": verdict2,
+                "range tests' share of compute (%)": ", ".join(f"{100 * x:.1f}" for x in total)}
+    finish("seeded_vs_blind", args.quick,
+           dict(trials=trials, epochs=epochs, seeds=seeds, ceiling=ceiling, needed=needed, shares=shares,
+                total_shares=total, headline=headline,
+                seeded_best=sb.tolist(), blind_best=bb.tolist(), runs={f"{m}-{s}": r for (m, s), r in runs.items()}),
+           figures=dict(running_best=_plot(runs, seeds, trials)), params=dict(trials=trials, epochs=epochs),
+           metrics=dict(seeded_best=float(sb.mean()), blind_best=float(bb.mean()), worst_needed=float(worst),
+                        range_test_share=float(max(total))))
+
+
+def _plot(runs: dict, seeds: int, trials: int):
+    fig = figure()
+    ax = fig.add_subplot()
+    x = np.arange(1, trials + 1)
+    for s in range(seeds):
+        for mode, color in (("seeded", "C0"), ("blind", "C1")):
+            ax.plot(x, runs[mode, s]["running_best"], color=color, alpha=0.8,
+                    label=mode if s == 0 else None)
+    ax.set_xlabel("trials (in start order)")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.set_ylim(0.9, 1.0)
+    ax.legend()
+    ax.set_title(f"seeded vs blind search, {seeds} search seeds")
+    return fig
 
 
 if __name__ == "__main__":

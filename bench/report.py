@@ -1,0 +1,87 @@
+"""bench/RESULTS.md (or, for --quick, RESULTS_quick.md beside the quick results) from the result
+files: per benchmark, what it measures (its docstring's first paragraph), its headline numbers,
+its plots, and the run's date and machine. Nothing is re-run."""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import os
+import platform
+from pathlib import Path
+
+from bench.common import RESULTS
+
+BENCH = Path(__file__).parent
+ORDER = ("sanity", "clr", "sgdr", "adamw_vs_l2", "one_cycle", "suggestion", "workflows", "seeded_vs_blind",
+         "overhead")
+TITLES = {"sanity": "Range test as a sanity check", "clr": "Cyclical learning rates",
+          "sgdr": "SGDR: warm restarts", "adamw_vs_l2": "AdamW vs Adam + L2",
+          "one_cycle": "1-cycle super-convergence", "suggestion": "Range-test suggestion quality",
+          "workflows": "Workflow comparison at equal compute", "seeded_vs_blind": "Seeded vs blind search",
+          "overhead": "Framework overhead and parallel throughput"}
+
+
+def write(quick: bool = False) -> Path:
+    out = RESULTS / "RESULTS_quick.md" if quick else BENCH / "RESULTS.md"
+    prefix = os.path.relpath(RESULTS, out.parent)
+    parts = [_header(quick)]
+    for name in ORDER:
+        path = RESULTS / f"{name}{'_quick' if quick else ''}.json"
+        if path.exists():
+            parts.append(section(name, json.loads(path.read_text()), prefix))
+        else:
+            parts.append(f"## {TITLES[name]}\n\nNo result yet: run `python -m bench.{name}`.\n")
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(parts))
+    tmp.replace(out)
+    return out
+
+
+def section(name: str, payload: dict, prefix: str) -> str:
+    lines = [f"## {TITLES[name]}", "", _about(name), "", f"`python -m bench.{name}`", ""]
+    headline = payload.get("headline") or {}
+    if headline:
+        lines += ["| measure | value |", "|---|---|"]
+        lines += [f"| {k} | {_value(v)} |" for k, v in headline.items()]
+        lines.append("")
+    if name == "suggestion" and payload.get("aggregate"):
+        lines += _aggregate(payload["aggregate"])
+    for png in payload.get("plots", []):
+        lines += [f"![{name}]({prefix}/{png})", ""]
+    return "\n".join(lines)
+
+
+def _about(name: str) -> str:
+    doc = importlib.import_module(f"bench.{name}").__doc__ or ""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def _aggregate(aggregate: dict) -> list[str]:
+    keys = list(next(iter(aggregate.values())).keys())
+    lines = ["| rule | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines += [f"| {rule} | " + " | ".join(_value(m.get(k)) for k in keys) + " |" for rule, m in aggregate.items()]
+    return lines + [""]
+
+
+def _value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}"
+    return str(v)
+
+
+def _header(quick: bool) -> str:
+    total = RESULTS / f"all{'_quick' if quick else ''}.json"
+    took = ""
+    if total.exists():
+        took = f" The last `python -m bench all` took {json.loads(total.read_text())['seconds'] / 60:.1f} minutes."
+    import torch
+
+    return "\n".join([
+        "# lrtune benchmarks" + (" (quick run: reduced sizes, figures not meaningful)" if quick else ""), "",
+        "Regenerate: `.ci/venv python -m bench all` (everything, one process per benchmark) or "
+        "`python -m bench report` (this file from `bench/results/*.json`). Every comparison is measured "
+        "side by side in one run; figures are mean ± std over seeds where the benchmark says so." + took, "",
+        f"Written {datetime.date.today()}, {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}.", ""])
