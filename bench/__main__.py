@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import subprocess
 import sys
 import time
@@ -60,7 +61,13 @@ def main(argv=None) -> int:
     if args.command == "all":
         t0 = time.perf_counter()
         runs = run_all(list(names), args.quick)
-        save("all_quick" if args.quick else "all", dict(runs=runs, seconds=time.perf_counter() - t0))
+        name = "all_quick" if args.quick else "all"
+        kept = {}
+        if args.only and (RESULTS / f"{name}.json").exists():  # a partial re-run updates the record
+            kept = json.loads((RESULTS / f"{name}.json").read_text())["runs"]
+        both = {**kept, **runs}
+        merged = {n: both[n] for n in BENCHMARKS if n in both}
+        save(name, dict(runs=merged, seconds=sum(r["seconds"] for r in merged.values())))
         failed = [n for n, r in runs.items() if r["returncode"] != 0]
         print(f"\nall: {len(runs)} benchmarks in {time.perf_counter() - t0:.0f} s"
               + (f"; FAILED: {', '.join(failed)}" if failed else ""))

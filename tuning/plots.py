@@ -34,16 +34,25 @@ def plot_schedule(workflow: dict, path: str, steps_per_epoch: int) -> str:
 
 
 def plot_schedule_in_ray(workflow: dict, path: str, steps_per_epoch: int) -> str:
-    """`plot_schedule` drawn by a Ray task, in a worker process: drawing holds the GIL for ~0.4 s,
-    and in the driver that stalls Tune's loop, which every running trial's report waits on."""
-    Path(path).write_bytes(ray.get(_schedule_png.remote(workflow, steps_per_epoch)))
+    """`plot_schedule` drawn by a Ray actor, in its own process: drawing holds the GIL for ~0.4 s,
+    and in the driver that stalls Tune's loop, which every running trial's report waits on. An
+    actor, not a task: with every CPU taken by trials, Ray kills an idle task worker at once, so
+    each plot paid a fresh worker's imports (~3 s of CPU); the actor imports once per driver."""
+    cluster = ray.get_runtime_context().gcs_address
+    if cluster not in _plotters:  # one per Ray cluster this process has joined (tests join several)
+        _plotters[cluster] = _Plotter.options(max_restarts=-1, max_task_retries=-1).remote()
+    Path(path).write_bytes(ray.get(_plotters[cluster].schedule_png.remote(workflow, steps_per_epoch)))
     return path
 
 
 @ray.remote(num_cpus=0)
-def _schedule_png(workflow: dict, steps_per_epoch: int) -> bytes:
-    with tempfile.TemporaryDirectory() as d:
-        return Path(plot_schedule(workflow, str(Path(d) / "lr_schedule.png"), steps_per_epoch)).read_bytes()
+class _Plotter:
+    def schedule_png(self, workflow: dict, steps_per_epoch: int) -> bytes:
+        with tempfile.TemporaryDirectory() as d:
+            return Path(plot_schedule(workflow, str(Path(d) / "lr_schedule.png"), steps_per_epoch)).read_bytes()
+
+
+_plotters: dict = {}
 
 
 def _figure(size=(6, 3.6)) -> Figure:
