@@ -24,8 +24,7 @@ import traceback
 from bench import report
 from bench.common import RESULTS, save
 
-BENCHMARKS = ("sanity", "clr", "sgdr", "adamw_vs_l2", "one_cycle", "suggestion", "workflows",
-              "seeded_vs_blind", "overhead")
+BENCHMARKS = report.ORDER
 
 
 def run_all(names: list[str], quick: bool) -> dict:

@@ -33,13 +33,10 @@ def save(name: str, payload: dict) -> Path:
 
 
 def figure(size=(6.4, 4.0)):
-    """A matplotlib Figure with an Agg canvas (object API: no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """A matplotlib Figure with an Agg canvas (object API: no pyplot state), as tuning's plots draw."""
+    from tuning.plots import figure
 
-    fig = Figure(figsize=size)
-    FigureCanvasAgg(fig)
-    return fig
+    return figure(size)
 
 
 def save_png(fig, name: str) -> Path:

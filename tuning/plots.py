@@ -55,7 +55,7 @@ class _Plotter:
 _plotters: dict = {}
 
 
-def _figure(size=(6, 3.6)) -> Figure:
+def figure(size=(6, 3.6)) -> Figure:
     fig = Figure(figsize=size)
     FigureCanvasAgg(fig)
     return fig
@@ -63,7 +63,7 @@ def _figure(size=(6, 3.6)) -> Figure:
 
 def plot_learning_curves(curves: dict[str, list[tuple[int, float]]], metric: str, path: str) -> str:
     """The validation metric per epoch of the best trial of each schedule."""
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     for schedule, points in sorted(curves.items()):
         if points:
@@ -82,7 +82,7 @@ def plot_range_tests(tests: list[dict], path: str) -> str:
     """The range tests side by side, one panel per optimizer, one curve per weight decay (raw loss,
     gaps where it was not finite), the suggested max_lr dashed."""
     optimizers = sorted({t["optimizer"] for t in tests})
-    fig = _figure((4.2 * len(optimizers), 3.6))
+    fig = figure((4.2 * len(optimizers), 3.6))
     for i, opt in enumerate(optimizers):
         ax = fig.add_subplot(1, len(optimizers), i + 1)
         for j, t in enumerate(x for x in tests if x["optimizer"] == opt):

@@ -106,7 +106,7 @@ class TrialRuns(tune.Callback):
     Every MLflow call runs, in order, on one background thread: Tune's trial loop (which each
     trial's synchronous `tune.report` waits on) only enqueues. `close()` waits for the queue and
     re-raises the first logging error; the sweep calls it whatever happens. `plot_schedule` should
-    not draw in this process (the sweep's draws in a Ray task): matplotlib holds the GIL while it
+    not draw in this process (the sweep's is drawn by a Ray actor): matplotlib holds the GIL while it
     draws, which would stall Tune's loop, and the running trials with it, once per trial.
     """
 
