@@ -97,6 +97,7 @@ def test_submit_script_against_a_ray_start_head(ray_head, mlflow_server, tmp_pat
     cfg = dict(name="on-head", task="digits", model="mlp", epochs=2, batch_size=100,
                optimizers=["adamw"], schedules=["one_cycle", "sgdr"],
                range_test=dict(num_iter=30, weight_decays=[0]), search=dict(num_samples=3, max_concurrent=2),
+               stopping=dict(scheduler="none"),  # every trial runs both epochs (an SGDR restart at 1 is a fair stop)
                tracking=dict(mlflow_uri=mlflow_server, experiment="on-head",
                              optuna_storage=f"sqlite:///{tmp_path}/optuna.db"),
                storage_path=str(tmp_path / "shared" / "ray_results"))
