@@ -1,6 +1,8 @@
-"""The Ray Tune function trainable: one trial is one `Run`, reported once per epoch with a
-checkpoint; a restarted trial continues from its last checkpoint. The only module of trainables/
-that touches Ray.
+"""The Ray Tune function trainable: one trial is one `Run`, reported once per epoch, with a
+checkpoint after its last epoch and after any epoch that ends `checkpoint_every_s` seconds or more
+after its previous checkpoint (0: every epoch); a restarted trial continues from its last checkpoint
+(or its start, if it had none) and re-reports the epochs since. The only module of trainables/ that
+touches Ray.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 
 import torch
 from ray import tune
@@ -33,12 +36,14 @@ def train(config: dict) -> None:
     task = load_task(config["task"], config.get("data_dir")).to(device)  # small data lives on the GPU
     run = Replicas(task, config, device, int(config.get("seeds", 1)))
     target, reached = config.get("target"), None  # epochs_to_target, for a multi-objective search
+    every_s = float(config.get("checkpoint_every_s", 0.0))
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=False)
         run.load_state_dict(state["run"])
         reached = state["epochs_to_target"]
+    saved_at = time.monotonic()
     while not run.done:
         row = run.train_epoch()
         row["status"] = "diverged" if row["diverged"] else "finished" if run.done else "running"
@@ -49,6 +54,10 @@ def train(config: dict) -> None:
         if row["diverged"]:  # NaN weights are not worth a checkpoint; the trial ends here
             tune.report(row)
             return
+        if not run.done and time.monotonic() - saved_at < every_s:
+            tune.report(row)
+            continue
+        saved_at = time.monotonic()
         with tempfile.TemporaryDirectory() as d:
             torch.save(dict(run=run.state_dict(), epochs_to_target=reached), os.path.join(d, CHECKPOINT_FILE))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))

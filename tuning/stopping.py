@@ -69,8 +69,9 @@ class ScheduleFairStopping(FIFOScheduler):
             return TrialScheduler.CONTINUE
         sign = 1.0 if self._mode == "max" else -1.0
         recorded = self.rungs[int(result["epoch"])]
-        cutoff = (np.nanpercentile(list(recorded.values()), (1 - 1 / self.reduction_factor) * 100)
-                  if recorded else None)
+        # the others at this rung (a trial restarted from an earlier checkpoint reaches it again)
+        others = [v for k, v in recorded.items() if k != trial.trial_id]
+        cutoff = np.nanpercentile(others, (1 - 1 / self.reduction_factor) * 100) if others else None
         recorded[trial.trial_id] = sign * value
         if cutoff is not None and sign * value < cutoff:
             return self._stop(trial)

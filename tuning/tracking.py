@@ -25,7 +25,7 @@ from trainables.workflow import workflow_of
 PARENT_TAG = "mlflow.parentRunId"
 METRICS = ("train_loss", "val_loss", "accuracy", "r2", "accuracy_std", "r2_std", "lr", "momentum",
            "epoch_time", "epochs_to_target")
-HIDDEN = {"task", "data_dir", "threads", "gpu"}  # constants logged once on the parent
+HIDDEN = {"task", "data_dir", "threads", "gpu", "checkpoint_every_s"}  # constants logged once on the parent
 WORKFLOW_ARTIFACT = "workflow.yaml"  # each trial's re-runnable workflow (`lrtune export`, `lrtune train`)
 
 
@@ -115,6 +115,7 @@ class TrialRuns(tune.Callback):
         self.plot_schedule = plot_schedule  # (workflow config, path) -> path
         self.runs: dict[str, str] = {}  # touched on the logging thread only
         self.open: set[str] = set()  # runs not yet ended, likewise
+        self.logged: dict[str, int] = {}  # trial id -> last epoch logged, likewise
         self.last: dict[str, dict] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtune-mlflow")
         self._pending: list[Future] = []
@@ -139,6 +140,7 @@ class TrialRuns(tune.Callback):
                 f"tags.`{PARENT_TAG}` = '{self.sweep.run_id}' and tags.`lrtune.trial_id` = '{trial_id}'"))
             if found:
                 self.runs[trial_id] = found[0].info.run_id
+                self.logged[trial_id] = max(self._steps(found[0].info.run_id), default=0)
                 if found[0].info.status == "RUNNING":
                     self.open.add(found[0].info.run_id)
         if trial_id not in self.runs:
@@ -173,7 +175,15 @@ class TrialRuns(tune.Callback):
             self.later(self._log_metrics, trial.trial_id, dict(trial.config), metrics)
 
     def _log_metrics(self, trial_id: str, cfg: dict, metrics: list) -> None:
-        self.client.log_batch(self._run_id(trial_id, cfg), metrics=metrics)
+        run_id = self._run_id(trial_id, cfg)
+        if metrics[0].step <= self.logged.get(trial_id, 0):
+            return  # re-reported by a trial restarted from an earlier checkpoint (or its start): logged
+        self.client.log_batch(run_id, metrics=metrics)
+        self.logged[trial_id] = metrics[0].step
+
+    def _steps(self, run_id: str) -> set[int]:
+        """The epochs a trial run has metrics for."""
+        return {m.step for m in self.client.get_metric_history(run_id, "val_loss")}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.later(self._end, trial.trial_id, dict(trial.config), _status(self.last.get(trial.trial_id, {})),
@@ -215,8 +225,10 @@ class TrialRuns(tune.Callback):
 
     def _complete(self, trial_id: str, cfg: dict, history: list[dict], error: str | None) -> None:
         run_id = self._run_id(trial_id, cfg)
-        logged = {m.step for m in self.client.get_metric_history(run_id, "val_loss")}
-        missing = [row for row in history if int(row.get("epoch", 0)) not in logged]
+        logged = self._steps(run_id)
+        # Tune's files hold an epoch twice when a trial re-ran it after a restart: the later one counts.
+        missing = [row for epoch, row in {int(row.get("epoch", 0)): row for row in history}.items()
+                   if epoch not in logged]
         metrics = [m for row in missing for m in _metrics(row, int(time.time() * 1000))]
         for i in range(0, len(metrics), 1000):  # MLflow's batch limit
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000])

@@ -20,6 +20,7 @@ def test_a_lost_node_costs_at_most_the_epochs_since_a_checkpoint(mlflow_server, 
     cfg = dict(name="nodeloss", task="mnist1d", model="cnn", epochs=epochs, batch_size=100,
                optimizers=["adamw"], schedules=["constant", "one_cycle"], seeds=1,
                range_test=dict(num_iter=30, weight_decays=[0]), stopping=dict(scheduler="none"),
+               checkpoint_every_s=0,  # every epoch: the trial on the lost node must have one to continue from
                search=dict(num_samples=4, max_concurrent=2),
                tracking=dict(mlflow_uri=mlflow_server, experiment="nodeloss",
                              optuna_storage=f"sqlite:///{tmp_path}/optuna.db"),

@@ -270,9 +270,13 @@ def test_examples_are_valid_configs():
     assert parse({}).search.max_concurrent == 2
 
 
-def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_path, monkeypatch):
+@pytest.mark.parametrize("every_s,restarted_at", [(0.0, 2), (1e6, 0)], ids=["checkpoint-every-epoch", "final-only"])
+def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_path, monkeypatch, every_s,
+                                                            restarted_at):
     """Through the real trainable and Tune: a trial that crashes in epoch 3 is retried from its
-    epoch-2 checkpoint and ends with the weights of an uninterrupted run; MLflow keeps one run."""
+    last checkpoint (epoch 2 with `checkpoint_every_s: 0`; none, so from the start, when the interval
+    is longer than the trial) and ends with the weights of an uninterrupted run; MLflow keeps one run
+    with every epoch once, although epochs 1-2 are reported twice when it restarts from the start."""
     import torch
 
     from trainables.tasks import load_task
@@ -286,7 +290,7 @@ def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_pa
     data.mkdir()
     cfg = parse(_local(dict(name="flaky", task="tests.tuning.user_tasks:flaky", data_dir=str(data),
                             epochs=5, batch_size=50, optimizers=["adamw"], schedules=["one_cycle"],
-                            search=dict(num_samples=1, max_concurrent=1, seeded=False, points_to_evaluate=[
+                            checkpoint_every_s=every_s, search=dict(num_samples=1, max_concurrent=1, seeded=False, points_to_evaluate=[
                                 dict(optimizer="adamw", schedule="one_cycle", max_lr=0.01, weight_decay=1e-4,
                                      max_momentum=0.95, base_momentum=0.85)])), tmp_path))
     result = run_sweep(cfg, verbose=0)
@@ -294,8 +298,10 @@ def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_pa
     [trial] = result.trials
     assert trial["error"] is None and trial["result"]["epoch"] == 5
     assert trial["result"]["status"] == "finished"
-    # resumed, not restarted: a fresh start with the same seed would also end on equal weights
-    assert trial["result"]["iterations_since_restore"] == 3  # epochs 3, 4, 5 after the epoch-2 checkpoint
+    # epochs 3, 4, 5 after the epoch-2 checkpoint, or all five
+    assert trial["result"]["iterations_since_restore"] == 5 - restarted_at
+    # checkpoints taken (Tune numbers them from 0): epochs 1, 2, then 3, 4, 5; or only epoch 5
+    assert Path(trial["checkpoint"].path).name == f"checkpoint_{4 if every_s == 0 else 0:06d}"
 
     with trial["checkpoint"].as_directory() as d:
         resumed = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=False)
@@ -308,7 +314,7 @@ def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_pa
 
     client, parents, trials, _ = _runs(tmp_path, "flaky")
     assert len(trials) == 1 and trials[0].data.tags["status"] == "finished"
-    # each epoch logged once: a restart from scratch would have logged epochs 1 and 2 twice
+    # each epoch logged once, although a restart from the start reports epochs 1 and 2 again
     assert sorted(m.step for m in client.get_metric_history(trials[0].info.run_id, "r2")) == [1, 2, 3, 4, 5]
 
 
