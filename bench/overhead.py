@@ -1,6 +1,6 @@
 """Framework overhead and parallel throughput of `lrtune sweep`, measured side by side in one run.
 
-1. N trials through the sweep one at a time (Ray Tune + Optuna + MLflow + per-epoch checkpoints)
+1. N trials through the sweep one at a time (Ray Tune + Optuna + MLflow + checkpoints, default cadence)
    / the same N workflows trained as plain loops in this process  (target <= 1.10 at 20 epochs);
 2. the same N trials two at a time / one at a time, as throughput    (target >= 1.7 on 2 cores).
 Random search with a fixed seed makes the N workflows identical across the runs. The sweep is

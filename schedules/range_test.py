@@ -190,10 +190,15 @@ def features(curve: Curve) -> Features | None:
     return Features(start, low, float(x[i_min]), descent, edge)
 
 
+def _start(loss: np.ndarray) -> float:
+    """The starting loss: the median of the finite ones among the first three."""
+    return float(np.median(loss[:3][np.isfinite(loss[:3])])) if np.isfinite(loss[:3]).any() else math.inf
+
+
 def _gaps(loss: np.ndarray) -> int:
     """Non-finite losses followed by finite ones, counted only where the last finite loss before
     them was still below twice the starting loss: NaNs inside the divergence blow-up are not gaps."""
-    start = float(np.median(loss[:3][np.isfinite(loss[:3])])) if np.isfinite(loss[:3]).any() else math.inf
+    start = _start(loss)
     finite_idx = np.nonzero(np.isfinite(loss))[0]
     if not len(finite_idx):
         return 0
@@ -220,6 +225,14 @@ def diagnose(curve: Curve, f: Features | None, *, start_lr: float, end_lr: float
                          "at LRs where training is still stable: the model or data produce NaN "
                          "sporadically; inspect the batches and layers (log, sqrt, division, "
                          "uninitialised buffers) and the loss.")
+    last = float(loss[finite][-1])
+    if curve.stop == "non_finite" and last <= 2 * abs(_start(loss)):
+        at = curve.lrs[int(np.nonzero(finite)[0][-1]) + 1]
+        return Diagnosis("non_finite", f"the loss turned NaN/inf at lr={at:.3g} and stayed so, with no "
+                         f"rise before it (last finite loss {last:.3g}, starting loss {_start(loss):.3g}): "
+                         "a diverging loss grows first, so this is numerics in the model or loss (0/0, "
+                         "log(0), sqrt of a negative, overflow in a custom layer), not the LR limit; or, "
+                         "rarely, one step large enough to overflow the weights at once (then lower end_lr).")
     if not curve.params_changed:
         return Diagnosis("flat", "no parameter changed during the test: all parameters frozen "
                          "(requires_grad=False), not passed to the optimizer, or zero gradients.")

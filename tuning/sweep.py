@@ -125,7 +125,8 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     path = find_sweep(cfg) if resume else None
     name = Path(path).name if path else f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     constants = dict(task=cfg.task, model=model, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                     data_dir=_abs(cfg.data_dir), threads=cfg.threads_per_trial, checkpoint_every_s=cfg.checkpoint_every_s,
+                     data_dir=_abs(cfg.data_dir), threads=cfg.threads_per_trial,
+                     checkpoint_every_s=cfg.checkpoint_every_s,
                      gpu=cfg.resources.gpu, seed=cfg.seed, seeds=cfg.seeds, target=cfg.search.target)
     init_ray()
     # Tune's own result files (progress.csv, result.json) stay; its TensorBoard logger goes: MLflow is

@@ -1,5 +1,6 @@
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
@@ -241,6 +242,32 @@ def test_nan_producing_layer_is_non_finite(task):
     assert r.diagnosis.status == "non_finite"
     assert "gaps" in r.diagnosis.message
     assert sum(not math.isfinite(v) for v in r.raw_losses) >= 5
+
+
+def test_nan_that_persists_without_a_rise_is_non_finite():
+    """NaN from lr = 1e-2 on while the loss is still at its low (0/0 once units die, say): not the
+    divergence region, which grows first."""
+    m, o = _linear_and_sgd()
+    r = range_test(m, o, None, BATCHES, num_iter=200, smooth=0.9,
+                   step_fn=FakeStep(lambda lr: math.nan if lr > 1e-2 else _synthetic_curve(lr)))
+    assert (r.diagnosis.status, r.suggestion) == ("non_finite", None), r.diagnosis.message
+    found = re.search(r"at lr=(\S+) and stayed so, with no rise before it \(last finite loss (\S+), "
+                      r"starting loss 2\)", r.diagnosis.message)
+    assert found, r.diagnosis.message
+    per_point = 10 ** (8 / 199)  # the sweep's LR ratio between points
+    assert 1e-2 < float(found[1]) <= 1e-2 * per_point  # the first LR past 1e-2
+    assert 0.5 <= float(found[2]) <= _synthetic_curve(1e-2 / per_point)  # the curve's low, just before
+    assert r.curves[0].stop == "non_finite"
+
+
+def test_inf_after_the_loss_has_grown_is_the_divergence():
+    """The same sweep where the loss blows up past 10**-0.5 and turns inf only past lr = 3: a healthy
+    divergence (the sweep's own stop disabled by a huge diverge_factor, so the inf ends it)."""
+    m, o = _linear_and_sgd()
+    r = range_test(m, o, None, BATCHES, num_iter=200, smooth=0.9, diverge_factor=1e12,
+                   step_fn=FakeStep(lambda lr: math.inf if lr > 3 else _synthetic_curve(lr)))
+    assert r.curves[0].stop == "non_finite" and r.diagnosis.status == "ok", r.diagnosis.message
+    assert r.suggestion is not None
 
 
 def test_nan_from_the_start_is_non_finite(task):

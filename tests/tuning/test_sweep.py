@@ -270,7 +270,8 @@ def test_examples_are_valid_configs():
     assert parse({}).search.max_concurrent == 2
 
 
-@pytest.mark.parametrize("every_s,restarted_at", [(0.0, 2), (1e6, 0)], ids=["checkpoint-every-epoch", "final-only"])
+@pytest.mark.parametrize("every_s,restarted_at", [(0.0, 2), (1e6, 0)],
+                         ids=["checkpoint-every-epoch", "final-only"])
 def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_path, monkeypatch, every_s,
                                                             restarted_at):
     """Through the real trainable and Tune: a trial that crashes in epoch 3 is retried from its
