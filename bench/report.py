@@ -75,7 +75,8 @@ def _header(quick: bool) -> str:
     total = RESULTS / f"all{'_quick' if quick else ''}.json"
     took = ""
     if total.exists():
-        took = f" The last `python -m bench all` took {json.loads(total.read_text())['seconds'] / 60:.1f} minutes."
+        took = (f" The benchmarks' latest runs (`python -m bench all`, or `--only` for some) add up to "
+                f"{json.loads(total.read_text())['seconds'] / 60:.1f} minutes.")
     import torch
 
     return "\n".join([
