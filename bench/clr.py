@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from bench.common import figure, finish, mean_std, pool, table
+from bench.common import band, figure, finish, mean_std, pool, table
 from trainables.tasks import load_task
 from trainables.workflow import fit, task_range_test
 
@@ -102,10 +102,7 @@ def plot(curves: dict, summaries: dict, epochs: int, model: str):
     for i, (opt, runs) in enumerate(curves.items()):
         ax = fig.add_subplot(1, len(curves), i + 1)
         for arm, color in (("fixed", "tab:blue"), ("clr", "tab:orange")):
-            a = np.array(runs[arm])
-            m, s = np.nanmean(a, axis=0), np.nanstd(a, axis=0)
-            ax.plot(x, m, color=color, label="fixed LR" if arm == "fixed" else "CLR triangular2")
-            ax.fill_between(x, m - s, m + s, color=color, alpha=0.25)
+            band(ax, x, runs[arm], color, "fixed LR" if arm == "fixed" else "CLR triangular2")
         ax.axhline(summaries[opt]["target"], color="k", ls="--", lw=1, label="fixed LR's final mean")
         ax.set(title=f"MNIST-1D {model}, {opt}", xlabel="epoch", ylabel="val accuracy",
                ylim=(max(0.5, float(np.nanmin(runs["fixed"])) - 0.02), 1.0))

@@ -39,6 +39,15 @@ def figure(size=(6.4, 4.0)):
     return figure(size)
 
 
+def band(ax, x, curves, color, label: str, alpha: float = 0.25) -> np.ndarray:
+    """The mean of `curves` (one row per seed) as a line, ± their std as a shaded band; the mean."""
+    a = np.asarray(curves, dtype=float)
+    m, s = np.nanmean(a, axis=0), np.nanstd(a, axis=0)
+    ax.plot(x, m, color=color, label=label)
+    ax.fill_between(x, m - s, m + s, color=color, alpha=alpha)
+    return m
+
+
 def save_png(fig, name: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.png"

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from bench.common import figure, finish, mean_std, pool, table
+from bench.common import band, figure, finish, mean_std, pool, table
 from trainables.tasks import load_task
 from trainables.workflow import fit, task_range_test
 
@@ -203,9 +203,7 @@ def plot(s: dict, base: list[dict], budgets: tuple, base_epochs: int):
     fig = figure((11, 4.2))
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     curves = np.array([b["accuracy"] for b in base])
-    x, m, sd = np.arange(1, curves.shape[1] + 1), curves.mean(0), curves.std(0)
-    left.plot(x, m, color="C0", label=f"Adam {BASELINE_LR:.0e} constant")
-    left.fill_between(x, m - sd, m + sd, color="C0", alpha=0.25)
+    m = band(left, np.arange(1, curves.shape[1] + 1), curves, "C0", f"Adam {BASELINE_LR:.0e} constant")
     for i, (o, r) in enumerate(s["one_cycle"].items(), 1):
         acc = np.array([r["final"][str(b)] for b in budgets])
         right.errorbar(budgets, acc.mean(1), yerr=acc.std(1), color=f"C{i}", marker="o", capsize=3,

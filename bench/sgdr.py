@@ -26,7 +26,7 @@ from collections import Counter
 import numpy as np
 from torch.optim.lr_scheduler import MultiStepLR
 
-from bench.common import figure, finish, mean_std, pool, table
+from bench.common import band, figure, finish, mean_std, pool, table
 from schedules import sgdr_plans
 from trainables.tasks import load_task
 from trainables.workflow import Run, fit, task_range_test
@@ -110,10 +110,7 @@ def plot(curves: dict, ends: list[int], epochs: int, model: str):
         ax = fig.add_subplot(1, len(curves), i + 1)
         low = 1.0
         for arm, color, label in (("sgdr", "tab:orange", "SGDR (T_mult=2)"), ("step", "tab:blue", "step decay")):
-            a = np.array([r["accuracy"] for r in runs[arm]])
-            m, s = np.nanmean(a, axis=0), np.nanstd(a, axis=0)
-            ax.plot(x, m, color=color, label=label)
-            ax.fill_between(x, m - s, m + s, color=color, alpha=0.25)
+            m = band(ax, x, [r["accuracy"] for r in runs[arm]], color, label)
             low = min(low, float(np.nanmin(m[ends[0] - 1:])))
         for e in ends:
             ax.axvline(e, color="gray", ls=":", lw=1)

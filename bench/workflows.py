@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import figure, finish, mean_std, pool, table
+from bench.common import band, figure, finish, mean_std, pool, table
 from trainables.tasks import load_task
 from trainables.workflow import run_workflow, task_range_test, workflow_of
 from tuning.config import load
@@ -149,10 +149,7 @@ def _plot(runs: list[dict], epochs: int):
     ax = fig.add_subplot()
     x = np.arange(1, epochs + 1)
     for i, name in enumerate(RECIPES):
-        curves = np.array([r["accuracy"] for r in runs if r["recipe"] == name])
-        m, s = curves.mean(0), curves.std(0)
-        ax.plot(x, m, color=f"C{i}", label=name)
-        ax.fill_between(x, m - s, m + s, color=f"C{i}", alpha=0.2)
+        band(ax, x, [r["accuracy"] for r in runs if r["recipe"] == name], f"C{i}", name, alpha=0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.set_ylim(bottom=max(0.0, float(min(min(r["accuracy"]) for r in runs)) - 0.02))
