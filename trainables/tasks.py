@@ -1,46 +1,157 @@
-"""Built-in tasks: data held as tensors, the models each task offers, its loss and its metric.
+"""What a trial needs from a task, and the built-in tasks.
 
-Every dataset here is generated or read locally (nothing downloads): MNIST-1D from
-`mnist1d.data.make_dataset`, scikit-learn's bundled digits, and a synthetic teacher-student
-regression. A task is small enough to live in memory (on the GPU too), so batches are slices of
-shuffled tensors, not a DataLoader.
+A `Task` is what a user brings (`task: "package.module:function"` returns one), in the form they
+already have: data as tensors (the fast path: slices of shuffled tensors, on the GPU when they fit)
+or as loader factories over their own Dataset/DataLoader (workers, augmentation, pinned memory,
+batches of any structure); the model's loss as `loss_fn(outputs, targets)` or the model's own
+`loss(model, batch)`; the metric as `metric(outputs, targets)` or the task's own
+`evaluate(model, val_batches) -> dict`; a LightningModule; or a whole loop of its own (`train_fn`).
+`Task.check` names what is wrong with one and what is allowed.
+
+Built-ins: every dataset is generated or read locally (nothing downloads): MNIST-1D from
+`mnist1d.data.make_dataset`, scikit-learn's bundled digits, a synthetic teacher-student regression,
+and CIFAR-10 from a local folder.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+import math
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from .data import seeded_workers, to_device
+
+MODES = ("max", "min")
+
 
 @dataclass
 class Task:
-    """What a trial needs from a task. User tasks (`"package.module:function"`) return one."""
+    """What a trial needs from a task. User tasks (`"package.module:function"`) return one.
+
+    Data, one of:
+      train, val                 (inputs, targets) tensor pairs (kept on the GPU when they fit);
+      train_loader, val_loader   factories: train_loader(batch_size, seed, epoch) and
+                                 val_loader(batch_size) return any iterable of batches (a
+                                 DataLoader with workers, augmentation, pin_memory); steps per
+                                 epoch from its len(), or `steps` when it has none;
+      datamodule                 (Lightning) datamodule(batch_size) -> a LightningDataModule;
+      nothing                    a LightningModule's own dataloaders, or `train_fn`'s own data.
+    Loss: `loss_fn(model(inputs), targets)` on (inputs, targets) batches, or `loss(model, batch)`
+    for any batch (e.g. `model(**batch).loss`); a LightningModule's `training_step` by default.
+    Metrics: `metric(outputs, targets)`, accumulated per batch (an object with `accumulator()`
+    accumulates exactly, as `accuracy` and `r2` do), or `evaluate(model, val_batches) -> dict`;
+    `metric_name` is the key the sweep optimises, in direction `mode` ("max" or "min").
+    `train_fn(workflow, report)`: your own loop (see trainables.loops); `models`, data and loss,
+    when given, are what the sweep's range tests run.
+    """
 
     name: str
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor]
-    models: dict[str, Callable[[], nn.Module]]
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    metric: Callable[[torch.Tensor, torch.Tensor], float]
+    train: tuple[torch.Tensor, torch.Tensor] | None = None
+    val: tuple[torch.Tensor, torch.Tensor] | None = None
+    models: dict[str, Callable[[], nn.Module]] = field(default_factory=dict)
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
+    metric: Callable[[Any, Any], float] | None = None
     metric_name: str = "accuracy"
     meta: dict = field(default_factory=dict)
+    _: KW_ONLY
+    train_loader: Callable[..., Iterable] | None = None
+    val_loader: Callable[..., Iterable] | None = None
+    steps: int | None = None  # micro-batches per epoch, for a train_loader without len()
+    train_examples: int | None = None  # B of the normalized decay, for a loader whose dataset has no len()
+    loss: Callable[[nn.Module, Any], torch.Tensor] | None = None
+    evaluate: Callable[[nn.Module, Iterable], dict] | None = None
+    mode: str = "max"
+    train_fn: Callable[[dict, Any], None] | None = None
+    datamodule: Callable[[int], Any] | None = None
+
+    # ------------------------------------------------------------ data
+
+    @property
+    def tensors(self) -> bool:
+        return self.train is not None
 
     @property
     def train_size(self) -> int:
+        """Training examples (B in the normalized decay) of a tensor task."""
+        if not self.tensors:
+            raise ValueError(f"task {self.name!r} has no training tensors; use examples(batch_size)")
         return len(self.train[0])
+
+    def examples(self, batch_size: int, model: nn.Module | None = None) -> int:
+        """Training examples per epoch: the tensors' length, `train_examples`, the loader's
+        dataset's len(), or steps x batch_size, in that order."""
+        if self.tensors:
+            return len(self.train[0])
+        if self.train_examples:
+            return int(self.train_examples)
+        if self.steps and self.train_loader is None:
+            return self.steps * batch_size
+        loader = self.train_batches(batch_size, seed=0, epoch=0, model=model)
+        try:
+            return len(loader.dataset)
+        except (AttributeError, TypeError):
+            return self.micro_batches(batch_size, loader) * batch_size
+
+    def micro_batches(self, batch_size: int, loader: Iterable | None = None, model: nn.Module | None = None) -> int:
+        """Batches per epoch as the data yields them (before accumulation)."""
+        if self.tensors:
+            return max(1, len(self.train[0]) // batch_size)
+        if self.steps:
+            return int(self.steps)
+        loader = loader if loader is not None else self.train_batches(batch_size, seed=0, epoch=0, model=model)
+        try:
+            return len(loader)
+        except TypeError:
+            raise ValueError(f"task {self.name!r}: its train_loader returns a {type(loader).__name__} "
+                             f"without len(); declare Task(steps=...) (batches per epoch)") from None
+
+    def steps_per_epoch(self, batch_size: int, accumulate: int = 1, model: nn.Module | None = None) -> int:
+        """Optimizer steps per epoch: batches // accumulate (a last incomplete group is dropped)."""
+        return self.micro_batches(batch_size, model=model) // accumulate
+
+    def train_batches(self, batch_size: int, seed: int = 0, epoch: int = 0,
+                      generator: torch.Generator | None = None, model: nn.Module | None = None) -> Iterable:
+        """One epoch of training batches: shuffled tensor slices drawn with `generator`, the
+        train_loader's iterable for (batch_size, seed, epoch), or (Lightning) the datamodule's or
+        the module's own train_dataloader()."""
+        if self.tensors:
+            return self.batches(batch_size, generator)
+        if self.train_loader is not None:
+            return seeded_workers(_call(self.train_loader, batch_size, seed, epoch))
+        return seeded_workers(self._lightning_loader("train", batch_size, model))
+
+    def val_batches(self, batch_size: int, model: nn.Module | None = None) -> Iterable:
+        if self.tensors:
+            return self.batches(batch_size, split="val")
+        if self.val_loader is not None:
+            return seeded_workers(_call(self.val_loader, batch_size))
+        return seeded_workers(self._lightning_loader("val", batch_size, model))
+
+    def _lightning_loader(self, split: str, batch_size: int, model: nn.Module | None) -> Iterable:
+        if self.datamodule is not None:
+            dm = self.datamodule(batch_size)
+            dm.prepare_data()
+            dm.setup("fit")
+            return dm.train_dataloader() if split == "train" else dm.val_dataloader()
+        if model is None or not callable(getattr(model, f"{split}_dataloader", None)):
+            raise ValueError(f"task {self.name!r} has no data: give train/val tensors, train_loader/val_loader, "
+                             f"a datamodule, or a LightningModule with {split}_dataloader(); a train_fn "
+                             f"task without data declares Task(steps=...), its batches per epoch")
+        return getattr(model, f"{split}_dataloader")()
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None,
                 split: str = "train") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of shuffled batches (train) or of ordered batches (val); the last partial
-        training batch is dropped so every step sees batch_size examples."""
+        """One epoch of shuffled batches (train) or of ordered batches (val) of a tensor task; the
+        last partial training batch is dropped so every step sees batch_size examples."""
         x, y = self.train if split == "train" else self.val
         if split == "train":
             order = torch.randperm(len(x), generator=generator, device="cpu").to(x.device)
@@ -51,44 +162,261 @@ class Task:
             idx = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
             yield x[idx], y[idx]
 
+    def loader(self, batch_size: int, seed: int = 0, model: nn.Module | None = None) -> "Epochs":
+        """A re-iterable of training batches: each pass is a new epoch (for range tests)."""
+        return Epochs(self, batch_size, seed, torch.Generator().manual_seed(seed), model=model)
+
+    def nbytes(self) -> int:
+        """Bytes of a tensor task's data (0 for loader tasks)."""
+        if not self.tensors:
+            return 0
+        return sum(t.numel() * t.element_size() for pair in (self.train, self.val) for t in pair)
+
+    def to(self, device: torch.device | str) -> "Task":
+        """A tensor task's data on `device` (loader tasks move each batch as it comes)."""
+        if self.tensors:
+            self.train = tuple(t.to(device) for t in self.train)
+            self.val = tuple(t.to(device) for t in self.val)
+        return self
+
+    # ------------------------------------------------------------ model, loss, metrics
+
     def model_name(self, name: str | None) -> str:
         """`name`, or the task's first model when None; a ValueError lists what the task offers."""
+        if not self.models:
+            raise ValueError(f"task {self.name!r} offers no models (its train_fn builds its own)")
         name = name or next(iter(self.models))
         if name not in self.models:
             raise ValueError(f"task {self.name!r} offers {', '.join(self.models)}, not {name!r}")
         return name
 
-    def loader(self, batch_size: int, seed: int = 0) -> "Epochs":
-        """A re-iterable of training batches: each pass is a new shuffle (for range tests)."""
-        return Epochs(self, batch_size, torch.Generator().manual_seed(seed))
+    def batch_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The training loss of one batch: the task's `loss(model, batch)`, a LightningModule's
+        `training_step`, or `loss_fn(model(inputs), targets)`."""
+        if self.loss is not None:
+            return self.loss(model, batch)
+        if self.loss_fn is None and is_lightning(model):
+            out = model.training_step(batch, 0)
+            return out["loss"] if isinstance(out, dict) else out
+        inputs, targets = _pair(batch, self.name)
+        return self.loss_fn(model(inputs), targets)
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return max(1, self.train_size // batch_size)
+    @torch.no_grad()
+    def evaluate_model(self, model: nn.Module, batch_size: int, device: torch.device | str = "cpu") -> dict:
+        """Validation metrics as floats: the task's `evaluate`, else `val_loss` and the metric
+        accumulated batch by batch (outputs are never concatenated)."""
+        device = torch.device(device)
+        was_training = model.training
+        model.eval()
+        try:
+            batches = (to_device(b, device) for b in self.val_batches(batch_size))
+            if self.evaluate is not None:
+                out = self.evaluate(model, batches)
+                if not isinstance(out, dict) or self.metric_name not in out:
+                    raise ValueError(f"task {self.name!r}: evaluate(model, val_batches) must return a dict "
+                                     f"with the metric {self.metric_name!r}, got "
+                                     f"{sorted(out) if isinstance(out, dict) else type(out).__name__}")
+                return {k: _float(v) for k, v in out.items()}
+            acc = _accumulator(self.metric)
+            loss_sum, n = 0.0, 0
+            for batch in batches:
+                inputs, targets = _pair(batch, self.name)
+                outputs = model(inputs)
+                k = len(targets)
+                loss_sum += _float(self.loss_fn(outputs, targets)) * k
+                n += k
+                acc.update(outputs, targets)
+            return {"val_loss": loss_sum / max(n, 1), self.metric_name: acc.compute()}
+        finally:
+            model.train(was_training)
 
-    def to(self, device: torch.device | str) -> "Task":
-        self.train = tuple(t.to(device) for t in self.train)
-        self.val = tuple(t.to(device) for t in self.val)
+    def better(self, a: float, b: float) -> bool:
+        """Whether metric value a is better than b in this task's mode."""
+        return a > b if self.mode == "max" else a < b
+
+    # ------------------------------------------------------------ checks
+
+    def check(self, spec: str | None = None) -> "Task":
+        """Raises ValueError naming the field that is wrong, the rule and what was given."""
+        who = f"task {spec or self.name!r}"
+
+        def bad(key: str, rule: str, got: Any) -> None:
+            raise ValueError(f"{who}: {key} {rule}; got {_describe(got)}")
+
+        if not isinstance(self.name, str) or not self.name:
+            bad("name", "must be a non-empty string", self.name)
+        if not isinstance(self.models, dict) or not all(callable(f) for f in self.models.values()):
+            bad("models", "must be a dict of name -> zero-argument model factory", self.models)
+        if not self.models and self.train_fn is None:
+            bad("models", "must offer at least one model (or give train_fn, your own loop)", self.models)
+        for key in ("train_loader", "val_loader", "loss_fn", "loss", "metric", "evaluate", "train_fn", "datamodule"):
+            if getattr(self, key) is not None and not callable(getattr(self, key)):
+                bad(key, "must be callable", getattr(self, key))
+        loader_hint = ("; a Dataset or DataLoader goes in train_loader=lambda batch_size, seed, epoch: "
+                       "DataLoader(dataset, batch_size, shuffle=True, generator=torch.Generator()"
+                       ".manual_seed(seed + epoch)) and val_loader=lambda batch_size: DataLoader(...)")
+        for split in ("train", "val"):
+            pair = getattr(self, split)
+            if pair is None:
+                continue
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(torch.is_tensor(t) for t in pair)):
+                bad(split, "must be an (inputs, targets) pair of tensors" + loader_hint, pair)
+            if len(pair[0]) != len(pair[1]) or len(pair[0]) == 0:
+                bad(split, "inputs and targets must have the same, non-zero length",
+                    f"{len(pair[0])} inputs and {len(pair[1])} targets")
+        if (self.train is None) != (self.val is None):
+            bad("train/val", "must both be given (or neither)", "only one")
+        if (self.train_loader is None) != (self.val_loader is None):
+            bad("train_loader/val_loader", "must both be given (or neither)", "only one")
+        forms = [f for f, given in (("train/val tensors", self.train is not None),
+                                    ("train_loader/val_loader", self.train_loader is not None),
+                                    ("datamodule", self.datamodule is not None)) if given]
+        if len(forms) > 1:
+            bad("data", "must be given one way", " and ".join(forms))
+        for key in ("steps", "train_examples"):
+            v = getattr(self, key)
+            if v is not None and not (isinstance(v, int) and v > 0):
+                bad(key, "must be a positive integer", v)
+        if self.mode not in MODES:
+            bad("mode", f"must be one of {', '.join(map(repr, MODES))}", self.mode)
+        if not isinstance(self.metric_name, str) or not self.metric_name:
+            bad("metric_name", "must be a non-empty string", self.metric_name)
+        if self.train_fn is not None:
+            return self
+        lightning = self.loss is None and self.loss_fn is None and is_lightning(self.models[next(iter(self.models))]())
+        if not forms and not lightning:
+            bad("data", "must be train/val tensors, train_loader/val_loader factories or (Lightning) a "
+                "datamodule", "none")
+        if self.loss is None and self.loss_fn is None and not lightning:
+            bad("loss", "or loss_fn must be given (loss(model, batch) -> tensor, or loss_fn(outputs, "
+                "targets)); a LightningModule brings its training_step", None)
+        if self.evaluate is None and self.metric is None and not lightning:
+            bad("metric", "or evaluate must be given (metric(outputs, targets) -> float, or "
+                "evaluate(model, val_batches) -> dict)", None)
+        if self.evaluate is None and self.loss_fn is None and not lightning:
+            bad("evaluate", "must be given with loss(model, batch): the default evaluation computes "
+                "loss_fn(model(inputs), targets)", None)
         return self
 
 
 @dataclass
 class Epochs:
+    """Training epochs of a task as one re-iterable: each pass is the next epoch."""
+
     task: Task
     batch_size: int
+    seed: int
     generator: torch.Generator
+    epoch: int = 0
+    model: nn.Module | None = None
 
     def __iter__(self):
-        return self.task.batches(self.batch_size, self.generator)
+        batches = self.task.train_batches(self.batch_size, self.seed, self.epoch, self.generator, self.model)
+        self.epoch += 1
+        return iter(batches)
 
 
-def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    return (outputs.argmax(dim=1) == targets).float().mean().item()
+def is_lightning(model: Any) -> bool:
+    """Whether `model` is a LightningModule (lightning or pytorch_lightning), without importing
+    Lightning for the many users who do not have it."""
+    return any(c.__name__ == "LightningModule" and c.__module__.split(".")[0] in ("lightning", "pytorch_lightning")
+               for c in type(model).__mro__)
 
 
-def r2(outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    residual = (outputs - targets).pow(2).sum()
-    total = (targets - targets.mean(dim=0)).pow(2).sum()
-    return (1.0 - residual / total).item()
+def _call(factory: Callable, *args):
+    """factory(*args), passing only as many leading arguments as it takes (a train_loader may take
+    just batch_size, or batch_size and seed)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return factory(*args)
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return factory(*args)
+    n = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+    return factory(*args[:n])
+
+
+def _pair(batch: Any, task: str) -> tuple:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise ValueError(f"task {task!r}: its batches are {_describe(batch)}, not (inputs, targets) pairs; give "
+                     f"Task(loss=lambda model, batch: ...) and Task(evaluate=lambda model, val_batches: "
+                     f"{{...}}) for batches of another structure")
+
+
+def _float(v: Any) -> float:
+    return float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
+
+
+def _describe(v: Any) -> str:
+    text = repr(v) if isinstance(v, (int, float, str, type(None))) else type(v).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Mean:
+    """A per-batch metric function averaged over batches, weighted by their sizes."""
+
+    def __init__(self, fn):
+        self.fn, self.total, self.n = fn, 0.0, 0
+
+    def update(self, outputs, targets) -> None:
+        k = len(targets)
+        self.total += _float(self.fn(outputs, targets)) * k
+        self.n += k
+
+    def compute(self) -> float:
+        return self.total / max(self.n, 1)
+
+
+def _accumulator(metric):
+    return metric.accumulator() if hasattr(metric, "accumulator") else _Mean(metric)
+
+
+class _Accuracy:
+    """argmax accuracy; exact when accumulated over batches."""
+
+    __name__ = "accuracy"
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+        return (outputs.argmax(dim=1) == targets).float().mean().item()
+
+    def accumulator(self) -> _Mean:
+        return _Mean(self)
+
+
+class _R2:
+    """Coefficient of determination, 1 - SS_res / SS_tot with SS_tot about each output's mean;
+    accumulated exactly from per-batch sums (SS_tot = Σ y² - (Σ y)² / n per output)."""
+
+    __name__ = "r2"
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+        acc = self.accumulator()
+        acc.update(outputs, targets)
+        return acc.compute()
+
+    def accumulator(self) -> "_R2Sums":
+        return _R2Sums()
+
+
+class _R2Sums:
+    def __init__(self):
+        self.res, self.sum, self.sq, self.n = 0.0, 0.0, 0.0, 0
+
+    def update(self, outputs, targets) -> None:
+        o, t = outputs.detach().double(), targets.detach().double()
+        self.res += float((o - t).pow(2).sum())
+        self.sum = self.sum + t.sum(dim=0)
+        self.sq = self.sq + t.pow(2).sum(dim=0)
+        self.n += len(t)
+
+    def compute(self) -> float:
+        total = float((self.sq - self.sum**2 / max(self.n, 1)).sum())
+        return 1.0 - self.res / total if total > 0 else -math.inf
+
+
+accuracy = _Accuracy()
+r2 = _R2()
 
 
 # ---------------------------------------------------------------- MNIST-1D
@@ -260,25 +588,63 @@ BUILTIN = {"mnist1d": mnist1d, "digits": digits, "synthetic": synthetic, "cifar1
 
 def load_task(spec: str, data_dir: str | None = None) -> Task:
     """A built-in task by name, or a user task `"package.module:function"` (imports and runs user
-    code: a sweep config is trusted input). Built-ins that read files get `data_dir`."""
+    code: a sweep config is trusted input), checked (`Task.check`). The current directory is
+    importable, as for `python -m`. Built-ins and user factories that take `data_dir` get it.
+    Raises ValueError naming what is wrong: a module that cannot be imported or raises at import,
+    a missing function, a factory that raises, or something returned that is not a valid Task."""
     import importlib
-    import inspect
+    import sys
+    import traceback
 
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
         try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"Expected task {spec!r} to name an importable function "
-                             f"'package.module:function', but {e}") from None
+            module = importlib.import_module(module_name)
+        except Exception as e:  # noqa: BLE001 - a user module may raise anything at import
+            raise ValueError(f"Expected task {spec!r} to name an importable module 'package.module:function' "
+                             f"(searched the current directory {os.getcwd()} and sys.path), but importing "
+                             f"{module_name!r} raised {type(e).__name__}: {e}{where(e)}") from None
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise ValueError(f"Expected task {spec!r} to name a function of module {module_name!r} "
+                             f"({getattr(module, '__file__', '?')}), but it has "
+                             f"{'no attribute ' + repr(attr) if factory is None else 'a ' + type(factory).__name__}")
     elif spec in BUILTIN:
         factory = BUILTIN[spec]
     else:
         raise ValueError(f"Expected task to be one of {', '.join(map(repr, BUILTIN))} or "
                          f"'package.module:function', but got {spec!r}")
-    kwargs = {"data_dir": data_dir} if "data_dir" in inspect.signature(factory).parameters else {}
-    task = factory(**kwargs)
+    try:
+        takes_dir = "data_dir" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        takes_dir = False
+    try:
+        task = factory(**({"data_dir": data_dir} if takes_dir else {}))
+    except Exception as e:  # noqa: BLE001 - the user's factory
+        if ":" not in spec and isinstance(e, ValueError):
+            raise
+        raise ValueError(f"task {spec!r}: the factory raised {type(e).__name__}: {e}{where(e)}") from None
     if not isinstance(task, Task):
         raise ValueError(f"Expected task {spec!r} to return a trainables.tasks.Task, but got "
                          f"{type(task).__name__}")
-    return task
+    return task.check(spec)
+
+
+def where(e: BaseException) -> str:
+    """' (file:line)' of the innermost frame of an exception's traceback that is not in lrtune,
+    torch, Lightning or Python's own library: where the user's code raised (or '')."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    if isinstance(e, SyntaxError) and e.filename:
+        return f" ({e.filename}:{e.lineno})"
+    ours = str(Path(__file__).resolve().parents[1])
+    skip = (os.sep + "site-packages" + os.sep, os.sep + "lib" + os.sep + "python", "<frozen")
+    user = [f for f in frames if not any(s in f.filename for s in skip)
+            and not f.filename.startswith(os.path.join(ours, "trainables"))
+            and not f.filename.startswith(os.path.join(ours, "tuning"))
+            and not f.filename.startswith(os.path.join(ours, "schedules"))]
+    frame = (user or frames or [None])[-1]
+    return f" ({frame.filename}:{frame.lineno})" if frame else ""

@@ -1,7 +1,10 @@
-"""The Ray Tune function trainable: one trial is one `Run`, reported once per epoch, with a
-checkpoint after its last epoch and after any epoch that ends `checkpoint_every_s` seconds or more
-after its previous checkpoint (0: every epoch); a restarted trial continues from its last checkpoint
-(or its start, if it had none) and re-reports the epochs since. The only module of trainables/ that
+"""The Ray Tune function trainable: one trial is one workflow trained by its task's loop
+(`trainables.loops`), reported once per epoch, with a checkpoint after its last epoch and after any
+epoch that ends `checkpoint_every_s` seconds or more after its previous checkpoint (0: every
+epoch); a restarted trial continues from its last checkpoint (or its start, if it had none) and
+re-reports the epochs since. An exception raised by the task's code ends the trial with a last
+result `status: failed` that carries the error and where it was raised: Tune retries only trials
+whose worker or node was lost, never a deterministic failure. The only module of trainables/ that
 touches Ray.
 """
 
@@ -11,14 +14,18 @@ import logging
 import os
 import tempfile
 import time
+import traceback
 
 import torch
 from ray import tune
 
-from .tasks import load_task
-from .workflow import Replicas
+from .loops import Report, run_loop
+from .tasks import load_task, where
 
 CHECKPOINT_FILE = "run.pt"
+# A tensor task goes to the GPU whole when its data take at most this share of the free GPU memory
+# (left for the model, activations and the other trials sharing the GPU); else batches move per step.
+GPU_DATA_SHARE = 0.25
 
 
 def device_for(config: dict) -> torch.device:
@@ -28,36 +35,56 @@ def device_for(config: dict) -> torch.device:
     return torch.device("cpu")
 
 
+def fits_on_device(nbytes: int, free_bytes: int, share: float = GPU_DATA_SHARE) -> bool:
+    return 0 < nbytes <= share * free_bytes
+
+
+def place(task, device: torch.device):
+    """A tensor task's data on the GPU when it fits (`fits_on_device`), else where it is."""
+    if device.type == "cuda" and fits_on_device(task.nbytes(), torch.cuda.mem_get_info(device)[0]):
+        task.to(device)
+    return task
+
+
 def train(config: dict) -> None:
     # Ray logs every persisted checkpoint at INFO, once per epoch per trial: it buries the trial table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     torch.set_num_threads(int(config.get("threads", 1)))
     device = device_for(config)
-    task = load_task(config["task"], config.get("data_dir")).to(device)  # small data lives on the GPU
-    run = Replicas(task, config, device, int(config.get("seeds", 1)))
-    target, reached = config.get("target"), None  # epochs_to_target, for a multi-objective search
+    task = place(load_task(config["task"], config.get("data_dir")), device)
+    metric, better = task.metric_name, (lambda a, b: a >= b) if task.mode == "max" else (lambda a, b: a <= b)
+    target = config.get("target")  # epochs_to_target, for a multi-objective search
     every_s = float(config.get("checkpoint_every_s", 0.0))
+    epochs = int(config["epochs"])
+    loaded, reached = None, None
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=False)
-        run.load_state_dict(state["run"])
-        reached = state["epochs_to_target"]
+        loaded, reached = state["loop"], state["epochs_to_target"]
     saved_at = time.monotonic()
-    while not run.done:
-        row = run.train_epoch()
-        row["status"] = "diverged" if row["diverged"] else "finished" if run.done else "running"
+
+    def sink(row: dict, make_checkpoint) -> None:
+        nonlocal reached, saved_at
+        done = row["epoch"] >= epochs
+        row["status"] = "diverged" if row["diverged"] else "finished" if done else "running"
         if target is not None:
-            if reached is None and row[task.metric_name] >= target:
+            if reached is None and row.get(metric) is not None and better(row[metric], target):
                 reached = row["epoch"]
-            row["epochs_to_target"] = reached if reached is not None else run.runs[0].epochs + 1
-        if row["diverged"]:  # NaN weights are not worth a checkpoint; the trial ends here
+            row["epochs_to_target"] = reached if reached is not None else epochs + 1
+        # NaN weights are not worth a checkpoint; a loop that gives no state has none to save
+        if row["diverged"] or make_checkpoint is None or (not done and time.monotonic() - saved_at < every_s):
             tune.report(row)
             return
-        if not run.done and time.monotonic() - saved_at < every_s:
-            tune.report(row)
-            continue
         saved_at = time.monotonic()
         with tempfile.TemporaryDirectory() as d:
-            torch.save(dict(run=run.state_dict(), epochs_to_target=reached), os.path.join(d, CHECKPOINT_FILE))
+            torch.save(dict(loop=make_checkpoint(), epochs_to_target=reached), os.path.join(d, CHECKPOINT_FILE))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
+
+    report = Report(sink, task, config, int(config["steps_per_epoch"]), device, checkpoint=loaded)
+    try:
+        run_loop(task, config, report)
+    except Exception as e:  # noqa: BLE001 - the task's code failed: record it, do not retry it
+        last = traceback.format_exception_only(type(e), e)[-1].strip()
+        tune.report(dict(epoch=report.epoch, status="failed", diverged=False, cycle_end=False,
+                         error=f"{last[:2000]}{where(e)}"))

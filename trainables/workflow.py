@@ -1,7 +1,10 @@
 """One training workflow as a recipe: task -> model -> optimizer -> schedule -> epochs.
 
-`fit` is the plain loop (no Ray); the Ray Tune trainable wraps the same pieces. The hot loop has no
-logging in it: metrics are computed once per epoch.
+`Run` is lrtune's own loop over any task's data (tensors or loaders, batches of any structure);
+`Step` is one optimizer step of a task (its loss over `accumulate` micro-batches, gradient
+clipping, AMP), the same in the trials and in the range tests. `optimizer_and_schedule` is the
+public helper for loops of your own and Lightning. The hot loop has no logging in it: metrics are
+computed once per epoch.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import torch
 from torch import nn
 
 from schedules import SCHEDULES, SGDW, at_cycle_end, constant, cyclic, one_cycle, sgdr
-from schedules._checks import in_range, non_negative, one_of, positive
+from schedules._checks import in_range, non_negative, one_of, positive, positive_int
 
+from .data import grouped, rng_state, seed_everything, set_rng_state, to_device
 from .tasks import Task
 
 OPTIMIZERS = ("adamw", "sgdw", "adam", "sgd")
@@ -67,6 +71,75 @@ def build_optimizer_and_schedule(workflow: dict, params, total_steps: int):
     return optimizer, schedule
 
 
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = False) -> list[dict]:
+    """The model's trainable parameters in a decayed and a not-decayed group: biases and
+    normalisation weights (every parameter with fewer than 2 dimensions) are not decayed unless
+    `decay_norm_and_bias`, the rule of nanoGPT, timm and Hugging Face's Trainer."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if decay_norm_and_bias or p.dim() >= 2 else no_decay).append(p)
+    groups = [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+    return [g for g in groups if g["params"]] or [dict(params=list(model.parameters()), weight_decay=weight_decay)]
+
+
+def optimizer_and_schedule(workflow: dict, model: nn.Module, steps_per_epoch: int):
+    """The optimizer (with the decay groups of `param_groups`) and the LR schedule a workflow
+    describes, for `workflow["epochs"] * steps_per_epoch` optimizer steps: what a trial's loop,
+    your own loop (`train_fn`) or a LightningModule trains with. The schedule steps once per
+    optimizer step."""
+    positive_int("steps_per_epoch", steps_per_epoch)
+    groups = param_groups(model, float(workflow.get("weight_decay") or 0.0),
+                          bool(workflow.get("decay_norm_and_bias", False)))
+    return build_optimizer_and_schedule(workflow, groups, int(workflow["epochs"]) * steps_per_epoch)
+
+
+class Step:
+    """One optimizer step of a task on a list of `accumulate` micro-batches: each moved to the
+    device, its loss (the task's) scaled by 1/accumulate and backpropagated (through a GradScaler
+    under fp16 AMP), gradients clipped to `grad_clip` (max norm, after unscaling), one optimizer
+    step. Returns the mean loss, detached (no device sync). With `skip_nonfinite` (range tests), a
+    non-finite loss is recorded but not stepped on, as GradScaler does."""
+
+    def __init__(self, task: Task, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 device: torch.device | str = "cpu", *, grad_clip: float | None = None,
+                 amp: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
+                 skip_nonfinite: bool = False):
+        self.task, self.model, self.optimizer = task, model, optimizer
+        self.device, self.grad_clip, self.amp = torch.device(device), grad_clip, amp
+        self.scaler = scaler or torch.amp.GradScaler(enabled=amp == torch.float16)
+        self.skip_nonfinite = skip_nonfinite
+        self.non_blocking = self.device.type == "cuda"
+
+    def __call__(self, micro_batches: list) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        k, backward = len(micro_batches), False
+        for batch in micro_batches:
+            batch = to_device(batch, self.device, self.non_blocking)
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                loss = self.task.batch_loss(self.model, batch) / k
+            if self.skip_nonfinite and not torch.isfinite(loss.detach()):
+                self.optimizer.zero_grad(set_to_none=True)
+                return loss.detach() * k
+            if loss.requires_grad:
+                self.scaler.scale(loss).backward()
+                backward = True
+            total += loss.detach().float()
+        if not backward:  # nothing to train (frozen parameters): no step, as torch's default would
+            return total
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return total
+
+    def range_test_step(self, model, optimizer, loss_fn, micro_batches) -> float:
+        """The `step_fn` of `schedules.range_test` (its loss_fn argument is the task's own)."""
+        return float(self(micro_batches))
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """Mixed precision on CUDA: bf16 where the GPU has it (no loss scaling needed), else fp16
     with a GradScaler; full precision on CPU."""
@@ -75,16 +148,10 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, task: Task, batch_size: int = 1000) -> tuple[float, float]:
-    model.eval()
-    outs, ys = [], []
-    for x, y in task.batches(batch_size, split="val"):
-        outs.append(model(x))
-        ys.append(y)
-    out, y = torch.cat(outs), torch.cat(ys)
-    model.train()
-    return task.loss_fn(out, y).item(), task.metric(out, y)
+def val_batch_size(task: Task, batch_size: int) -> int:
+    """Tensor tasks evaluate in slices of 1000 (no gradients: memory is not the limit); loaders at
+    the training batch size they were written for."""
+    return 1000 if task.tensors else batch_size
 
 
 # A trial whose epoch train loss passes this multiple of its first batch's loss (the untrained,
@@ -97,8 +164,9 @@ SCHEDULE_PARAMS = ("max_lr", "base_lr", "step_size_up", "mode", "gamma", "T_0", 
 
 # What defines a workflow (the rest of a trial's config is search bookkeeping): an exported
 # workflow.yaml holds these, and `lrtune train` re-runs it.
-WORKFLOW_KEYS = ("task", "data_dir", "model", "optimizer", "lr", "weight_decay", "momentum", "schedule",
-                 *SCHEDULE_PARAMS, "epochs", "batch_size", "seed", "seeds", "threads", "amp")
+WORKFLOW_KEYS = ("task", "data_dir", "model", "optimizer", "lr", "weight_decay", "decay_norm_and_bias",
+                 "momentum", "schedule", *SCHEDULE_PARAMS, "epochs", "batch_size", "accumulate", "grad_clip",
+                 "seed", "seeds", "threads", "amp")
 
 
 def workflow_of(config: dict) -> dict:
@@ -107,53 +175,49 @@ def workflow_of(config: dict) -> dict:
 
 
 class Run:
-    """One workflow in progress: everything a checkpoint must hold to continue bit for bit
-    (model, optimizer, schedule, the data-order generator, torch's RNG, the epoch)."""
+    """One workflow in progress in lrtune's own loop: everything a checkpoint must hold to continue
+    bit for bit (model, optimizer, schedule, GradScaler, the data-order generator, the global RNGs
+    that augmentation and DataLoader workers draw from, the epoch)."""
 
     def __init__(self, task: Task, workflow: dict, device: torch.device | str = "cpu"):
         w = self.workflow = dict(workflow)
         self.task, self.device = task, torch.device(device)
         self.epochs, self.batch_size = int(w["epochs"]), int(w["batch_size"])
-        torch.manual_seed(int(w.get("seed", 0)))
+        self.seed, self.accumulate = int(w.get("seed", 0)), int(w.get("accumulate") or 1)
+        seed_everything(self.seed)
         self.model = task.models[w["model"]]().to(self.device)
-        self.steps_per_epoch = task.steps_per_epoch(self.batch_size)
-        self.optimizer, self.scheduler = build_optimizer_and_schedule(
-            w, self.model.parameters(), self.epochs * self.steps_per_epoch)
-        self.generator = torch.Generator().manual_seed(int(w.get("seed", 0)))
+        self.steps_per_epoch = task.steps_per_epoch(self.batch_size, self.accumulate)
+        self.optimizer, self.scheduler = optimizer_and_schedule(w, self.model, self.steps_per_epoch)
+        self.generator = torch.Generator().manual_seed(self.seed)
         self.amp = amp_dtype(self.device) if w.get("amp", True) else None
-        self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
+        self.step = Step(task, self.model, self.optimizer, self.device, grad_clip=w.get("grad_clip"), amp=self.amp)
         self.epoch = 0
         self.initial_loss: float | None = None
 
     def train_epoch(self) -> dict:
-        """One epoch; returns its metrics. `diverged` is True when a loss was not finite or the
-        epoch's train loss passed EXPLODE_FACTOR x the first batch's."""
+        """One epoch; returns its metrics. `diverged` is True when a loss or metric was not finite
+        or the epoch's train loss passed EXPLODE_FACTOR x the first step's."""
         t0, total, n = time.perf_counter(), torch.zeros((), device=self.device), 0
         group = self.optimizer.param_groups[0]
         lr, momentum = group["lr"], _momentum(group)
-        for x, y in self.task.batches(self.batch_size, self.generator):
-            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                loss = self.task.loss_fn(self.model(x), y)
+        batches = self.task.train_batches(self.batch_size, self.seed, self.epoch, self.generator)
+        for micro_batches in grouped(batches, self.accumulate, limit=self.steps_per_epoch):
+            lr, momentum = group["lr"], _momentum(group)  # what this step uses
+            loss = self.step(micro_batches)
             if self.initial_loss is None:
                 self.initial_loss = loss.item()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            lr, momentum = group["lr"], _momentum(group)  # what this step uses
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
             self.scheduler.step()
-            total += loss.detach()
+            total += loss
             n += 1
         self.epoch += 1
-        train_loss = float(total) / n
-        val_loss, metric = evaluate(self.model, self.task)
-        return dict(epoch=self.epoch, train_loss=train_loss, val_loss=val_loss,
-                    **{self.task.metric_name: metric}, lr=lr, momentum=momentum,
-                    epoch_time=time.perf_counter() - t0, diverged=self._diverged(train_loss, val_loss),
+        train_loss = float(total) / max(n, 1)
+        val = self.task.evaluate_model(self.model, val_batch_size(self.task, self.batch_size), self.device)
+        return dict(epoch=self.epoch, train_loss=train_loss, **val, lr=lr, momentum=momentum,
+                    epoch_time=time.perf_counter() - t0, diverged=self._diverged(train_loss, val),
                     cycle_end=self.at_cycle_end)
 
-    def _diverged(self, train_loss: float, val_loss: float) -> bool:
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+    def _diverged(self, train_loss: float, val: dict) -> bool:
+        if not all(math.isfinite(v) for v in (train_loss, *val.values())):
             return True
         return train_loss > EXPLODE_FACTOR * abs(self.initial_loss)
 
@@ -171,18 +235,17 @@ class Run:
 
     def state_dict(self) -> dict:
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                    generator=self.generator.get_state(),
-                    torch_rng=torch.get_rng_state(), epoch=self.epoch, initial_loss=self.initial_loss,
-                    workflow=self.workflow)
+                    scheduler=self.scheduler.state_dict(), scaler=self.step.scaler.state_dict(),
+                    generator=self.generator.get_state(), rng=rng_state(), epoch=self.epoch,
+                    initial_loss=self.initial_loss, workflow=self.workflow)
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        self.step.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        set_rng_state(state["rng"])
         self.epoch = state["epoch"]
         self.initial_loss = state["initial_loss"]
 
@@ -248,32 +311,43 @@ def _momentum(group: dict) -> float:
 def task_range_test(task: Task, model_name: str, optimizer: str, weight_decay: float = 0.0, *,
                     batch_size: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0,
                     num_iter: int = 100, repeats: int = 1, seed: int = 0,
-                    device: torch.device | str = "cpu"):
+                    device: torch.device | str = "cpu", workflow: dict | None = None):
     """The LR range test of one (model, optimizer, weight decay) on a task, from a fresh model
-    seeded with `seed`, on shuffled training batches (the CLI's and the sweep's seeding test)."""
+    seeded with `seed`, on the task's training batches, through the task's own step: its loss,
+    `accumulate` micro-batches per step, `grad_clip`, AMP on CUDA, the decay groups (from
+    `workflow`, the sweep's fixed workflow keys). The CLI's and the sweep's seeding test."""
     from schedules import range_test
 
-    torch.manual_seed(seed)
+    w = dict(workflow or {})
+    accumulate = int(w.get("accumulate") or 1)
+    device = torch.device(device)
+    seed_everything(seed)
     model = task.models[model_name]().to(device)
-    opt = build_optimizer(optimizer, model.parameters(), start_lr, weight_decay)
-    return range_test(model, opt, task.loss_fn, task.loader(batch_size, seed), start_lr=start_lr,
-                      end_lr=end_lr, num_iter=num_iter, repeats=repeats, seed=seed)
+    groups = param_groups(model, weight_decay, bool(w.get("decay_norm_and_bias", False)))
+    opt = build_optimizer(optimizer, groups, start_lr, weight_decay)
+    amp = amp_dtype(device) if w.get("amp", True) else None
+    step = Step(task, model, opt, device, grad_clip=w.get("grad_clip"), amp=amp, skip_nonfinite=True)
+    return range_test(model, opt, task.batch_loss, _Groups(task.loader(batch_size, seed), accumulate),
+                      start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, repeats=repeats, seed=seed,
+                      step_fn=step.range_test_step)
+
+
+class _Groups:
+    """A re-iterable of `size`-long lists of micro-batches (one per optimizer step) over a re-iterable."""
+
+    def __init__(self, batches, size: int):
+        self.batches, self.size = batches, size
+
+    def __iter__(self):
+        return grouped(self.batches, self.size)
 
 
 def run_workflow(task: Task, workflow: dict, device: torch.device | str = "cpu",
                  on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train one workflow (its `seeds` copies in lockstep) from scratch with the plain loop, until
-    its last epoch or divergence; one metrics dict per epoch."""
-    run = Replicas(task, workflow, device, int(workflow.get("seeds", 1)))
-    history = []
-    while not run.done:
-        row = run.train_epoch()
-        history.append(row)
-        if on_epoch:
-            on_epoch(row)
-        if row["diverged"]:
-            break
-    return history
+    """Train one workflow from scratch outside Ray, with the task's loop (see trainables.loops)."""
+    from .loops import run_workflow as run
+
+    return run(task, workflow, device, on_epoch)
 
 
 def fit(task: Task, model_name: str, optimizer: str, schedule: str, epochs: int, batch_size: int,

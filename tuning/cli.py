@@ -1,8 +1,8 @@
 """The `lrtune` command line: argument parsing, exit codes, printing. Work is delegated.
 
-Exit codes: 0 success; 1 a range test refused (its diagnosis says why; for a sweep, before any
-trial ran); 2 bad input (a config
-error names the key, the rule and the value, and nothing has started).
+Exit codes: 0 success; 1 the sweep has no result: a range test refused (its diagnosis says why)
+or the task's code raised in one (both before any trial ran), or every trial failed; 2 bad input (a
+config error names the key, the rule and the value, and nothing has started).
 """
 
 from __future__ import annotations
@@ -63,12 +63,12 @@ def _sweep(args: argparse.Namespace) -> int:
     from .config import load
 
     cfg = load(args.config)  # a ConfigError (exit 2) before Ray starts
-    from .seeding import SeedingRefused
-    from .sweep import print_summary, run_sweep  # Ray and MLflow load only for a valid config
+    from .seeding import RangeTestFailed, SeedingRefused
+    from .sweep import SweepFailed, print_summary, run_sweep  # Ray and MLflow load only for a valid config
 
     try:
         result = run_sweep(cfg, verbose=args.verbose, resume=args.resume)
-    except SeedingRefused as e:
+    except (SeedingRefused, RangeTestFailed, SweepFailed) as e:
         print(f"lrtune: {e}", file=sys.stderr)
         return EXIT_REFUSED
     print_summary(result, cfg)
@@ -102,7 +102,8 @@ def _train(args: argparse.Namespace) -> int:
     torch.set_num_threads(wf.threads)
     task = load_task(wf.task, wf.data_dir)
     try:
-        task.model_name(wf.model)
+        if task.models:
+            task.model_name(wf.model)
     except ValueError as e:
         raise UsageError(f"model: {e}") from None
     m = task.metric_name
@@ -110,10 +111,13 @@ def _train(args: argparse.Namespace) -> int:
     def show(row):
         if not args.json:
             std = f" ± {row[m + '_std']:.4f}" if m + "_std" in row else ""
-            print(f"epoch {row['epoch']:>3}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-                  f"{m} {row[m]:.4f}{std}  lr {row['lr']:.3g}", flush=True)
+            losses = "".join(f"  {k} {row[k]:.4f}" for k in ("train_loss", "val_loss") if k in row)
+            lr = f"  lr {row['lr']:.3g}" if "lr" in row else ""
+            print(f"epoch {row['epoch']:>3}{losses}  {m} {row[m]:.4f}{std}{lr}", flush=True)
 
     history = run_workflow(task, workflow, on_epoch=show)
+    if not history:
+        raise UsageError(f"{args.workflow}: the task's loop reported no epoch")
     last = history[-1]
     summary = dict(workflow=workflow, epochs_run=last["epoch"], diverged=last["diverged"],
                    **{k: last[k] for k in (m, m + "_std", "val_loss", "train_loss") if k in last})

@@ -80,14 +80,9 @@ class Stopping(_Strict):
 
 class Resources(_Strict):
     cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
-
-    @field_validator("gpu")
-    @classmethod
-    def _fraction_or_whole(cls, v: float) -> float:
-        if v > 1 and v != int(v):
-            raise ValueError("a fraction (<= 1, packs several trials per GPU) or a whole number of GPUs")
-        return v
+    # At most one GPU per trial: a trial trains on one device (no DDP inside a trial), so Ray would
+    # reserve GPUs the trial never uses. Fractions pack several trials per GPU.
+    gpu: float = Field(0.0, ge=0, le=1)
 
 
 class Tracking(_Strict):
@@ -123,6 +118,25 @@ class SweepConfig(_Strict):
     threads_per_trial: int = Field(1, ge=1)
     seed: int = 0
     seeds: int = Field(1, ge=1)  # each trial trains this many seeds in lockstep: mean ± std
+    # Step features (workflow keys): a value is fixed for every trial, a list is searched (categorical).
+    accumulate: int | list[int] = Field(1)  # micro-batches per optimizer step
+    grad_clip: float | list[float] | None = None  # max gradient norm; None: no clipping
+    decay_norm_and_bias: bool = False  # decoupled decay also on biases and normalisation weights
+    amp: bool = True  # mixed precision on CUDA (bf16, else fp16 with a GradScaler); CPU runs full precision
+
+    @field_validator("accumulate")
+    @classmethod
+    def _accumulate(cls, v):
+        if any(a < 1 for a in (v if isinstance(v, list) else [v])) or v == []:
+            raise ValueError("micro-batches per optimizer step: an integer >= 1, or a non-empty list of them")
+        return v
+
+    @field_validator("grad_clip")
+    @classmethod
+    def _grad_clip(cls, v):
+        if v is not None and (v == [] or any(not (c > 0) for c in (v if isinstance(v, list) else [v]))):
+            raise ValueError("a max gradient norm > 0, or a non-empty list of them (omit for no clipping)")
+        return v
 
     @field_validator("task")
     @classmethod
@@ -138,7 +152,7 @@ class WorkflowConfig(_Strict):
     """One training workflow, as `lrtune export` writes it and `lrtune train` re-runs it."""
     task: str
     data_dir: str | None = None
-    model: str
+    model: str | None = None  # None: the task's own loop builds its model
     optimizer: Optimizer
     lr: float | None = Field(None, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -160,6 +174,9 @@ class WorkflowConfig(_Strict):
     max_momentum: float | None = Field(None, ge=0, lt=1)
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
+    accumulate: int = Field(1, ge=1)
+    grad_clip: float | None = Field(None, gt=0)
+    decay_norm_and_bias: bool = False
     seed: int = 0
     seeds: int = Field(1, ge=1)
     threads: int = Field(1, ge=1)

@@ -97,23 +97,33 @@ def _constant(trial, cfg, seed, steps_per_epoch) -> dict:
 SPACES = dict(one_cycle=_one_cycle, cyclic=_cyclic, sgdr=_sgdr, constant=_constant)
 
 
-def space(trial: optuna.Trial, cfg: SweepConfig, steps_per_epoch: int, constants: dict,
+def _fixed_or_searched(trial, name: str, value):
+    """A step feature: a list is searched (categorical), anything else is fixed."""
+    return trial.suggest_categorical(name, value) if isinstance(value, list) else value
+
+
+def space(trial: optuna.Trial, cfg: SweepConfig, micro_batches: int, constants: dict,
           seeds: dict[str, OptimizerSeed] | None = None) -> dict:
+    """One trial's config. micro_batches: batches per epoch; an optimizer step takes `accumulate`."""
     optimizer = trial.suggest_categorical("optimizer", cfg.optimizers)
     schedule = trial.suggest_categorical("schedule", cfg.schedules)
+    accumulate = _fixed_or_searched(trial, "accumulate", cfg.accumulate)
+    grad_clip = _fixed_or_searched(trial, "grad_clip", cfg.grad_clip)
+    steps_per_epoch = micro_batches // accumulate
     seed = (seeds or {}).get(optimizer)
     decay = _decay(trial, seed)
-    return dict(constants, **decay, **SPACES[schedule](trial, cfg, seed, steps_per_epoch))
+    return dict(constants, accumulate=accumulate, grad_clip=grad_clip, steps_per_epoch=steps_per_epoch,
+                **decay, **SPACES[schedule](trial, cfg, seed, steps_per_epoch))
 
 
-def start_points(cfg: SweepConfig, steps_per_epoch: int,
+def start_points(cfg: SweepConfig, micro_batches: int,
                  seeds: dict[str, OptimizerSeed] | None = None) -> list[dict]:
     """The warm start: the range tests' suggestions themselves (no shift), one per seeded
     optimizer x schedule, so that a short sweep covers every combination at its seed. An optimizer
     without a seed (blind mode) gets none: the blind search starts where its sampler does."""
     points = []
     epochs_up = max(_epochs_up(cfg)[0], min(_epochs_up(cfg)[1], cfg.epochs // 4))
-    plans = list(_sgdr_plans(cfg.epochs, steps_per_epoch))
+    plans = list(_sgdr_plans(cfg.epochs, micro_batches))  # labels in epochs: the same for any accumulate
     for optimizer in cfg.optimizers:
         seed = (seeds or {}).get(optimizer)
         if seed is None:
@@ -145,27 +155,32 @@ class _FinalValueSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass
 
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and result.get("status") == "failed":  # the task's code raised: FAIL, not PRUNED
+            result, error = None, True
+        super().on_trial_complete(trial_id, result, error)
 
-def objectives(cfg: SweepConfig, metric: str) -> tuple[list[str], list[str]]:
+
+def objectives(cfg: SweepConfig, metric: str, mode: str = "max") -> tuple[list[str], list[str]]:
     """Optuna's objectives and directions: the task's metric, then the optional second one."""
     second = {"epochs_to_target": "epochs_to_target", "wall_time": "time_total_s"}
     if cfg.search.also_minimize is None:
-        return [metric], ["max"]
-    return [metric, second[cfg.search.also_minimize]], ["max", "min"]
+        return [metric], [mode]
+    return [metric, second[cfg.search.also_minimize]], [mode, "min"]
 
 
-def searcher(cfg: SweepConfig, metric: str, study_name: str, steps_per_epoch: int,
+def searcher(cfg: SweepConfig, metric: str, mode: str, study_name: str, micro_batches: int,
              constants: dict, seeds: dict[str, OptimizerSeed] | None = None) -> OptunaSearch:
     sampler = (optuna.samplers.TPESampler(seed=cfg.search.seed) if cfg.search.algorithm == "optuna"
                else optuna.samplers.RandomSampler(seed=cfg.search.seed))
     storage = optuna.storages.RDBStorage(cfg.tracking.optuna_storage)
-    metrics, modes = objectives(cfg, metric)
+    metrics, modes = objectives(cfg, metric, mode)
     return _FinalValueSearch(
-        space=functools.partial(space, cfg=cfg, steps_per_epoch=steps_per_epoch, constants=constants,
+        space=functools.partial(space, cfg=cfg, micro_batches=micro_batches, constants=constants,
                                 seeds=seeds),
         metric=metrics if len(metrics) > 1 else metrics[0], mode=modes if len(modes) > 1 else modes[0],
         sampler=sampler, storage=storage, study_name=study_name,
-        points_to_evaluate=(start_points(cfg, steps_per_epoch, seeds)
+        points_to_evaluate=(start_points(cfg, micro_batches, seeds)
                             + [dict(p) for p in cfg.search.points_to_evaluate])[:cfg.search.num_samples])
 
 

@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 import ray
 import torch
 
-from trainables.tasks import load_task
-from trainables.trainable import device_for
+from trainables.tasks import load_task, where
+from trainables.trainable import device_for, place
 from trainables.workflow import task_range_test
 
 from .config import SweepConfig
@@ -48,6 +48,16 @@ class SeedingRefused(RuntimeError):
         super().__init__("range test refused, no trial was started (the insurance check):\n  "
                          + "\n  ".join(lines) + "\nFix the model or data, or set "
                          "range_test.on_refusal: blind to search those optimizers blind.")
+
+
+class RangeTestFailed(RuntimeError):
+    """The task's code raised in a range test: no trial was started (a trial would raise too)."""
+
+    def __init__(self, failed: list[RangeTestOutcome]):
+        self.failed = failed
+        lines = [f"{o.optimizer} weight_decay={o.weight_decay:g}: {o.message}" for o in failed]
+        super().__init__("the task's code raised in the range tests, no trial was started:\n  "
+                         + "\n  ".join(lines))
 
 
 @dataclass(frozen=True)
@@ -103,11 +113,17 @@ def _one(settings: dict, optimizer: str, weight_decay: float) -> dict:
     t0 = time.perf_counter()
     torch.set_num_threads(settings["threads"])
     device = device_for(settings)
-    task = load_task(settings["task"], settings["data_dir"]).to(device)
-    result = task_range_test(task, settings["model"], optimizer, weight_decay,
-                             batch_size=settings["batch_size"], start_lr=settings["start_lr"],
-                             end_lr=settings["end_lr"], num_iter=settings["num_iter"],
-                             repeats=settings["repeats"], seed=settings["seed"], device=device)
+    try:
+        task = place(load_task(settings["task"], settings["data_dir"]), device)
+        result = task_range_test(task, settings["model"], optimizer, weight_decay,
+                                 batch_size=settings["batch_size"], start_lr=settings["start_lr"],
+                                 end_lr=settings["end_lr"], num_iter=settings["num_iter"],
+                                 repeats=settings["repeats"], seed=settings["seed"], device=device,
+                                 workflow=settings["workflow"])
+    except Exception as e:  # noqa: BLE001 - the task's code: reported by the sweep, not a Ray traceback
+        return dict(optimizer=optimizer, weight_decay=weight_decay, status="error",
+                    message=f"{type(e).__name__}: {str(e)[:2000]}{where(e)}", lr=None, max_lr=None, spread=None,
+                    lrs=[], raw_losses=[], seconds=time.perf_counter() - t0, result=None)
     s = result.suggestion
     return dict(optimizer=optimizer, weight_decay=weight_decay, status=result.diagnosis.status,
                 message=result.diagnosis.message, lr=s and s.lr, max_lr=s and s.max_lr,
@@ -117,10 +133,19 @@ def _one(settings: dict, optimizer: str, weight_decay: float) -> dict:
 
 
 def settings(cfg: SweepConfig, model: str) -> dict:
+    """What a range test runs with: the sweep's task and model, and its step as the trials take it
+    (accumulate, grad_clip: the first value of a searched list; decay groups; AMP)."""
     rt = cfg.range_test
+    workflow = dict(accumulate=first(cfg.accumulate), grad_clip=first(cfg.grad_clip),
+                    decay_norm_and_bias=cfg.decay_norm_and_bias, amp=cfg.amp)
     return dict(task=cfg.task, data_dir=cfg.data_dir, model=model, batch_size=cfg.batch_size,
                 start_lr=rt.start_lr, end_lr=rt.end_lr, num_iter=rt.num_iter, repeats=rt.repeats,
-                seed=cfg.seed, threads=cfg.threads_per_trial, gpu=cfg.resources.gpu)
+                seed=cfg.seed, threads=cfg.threads_per_trial, gpu=cfg.resources.gpu, workflow=workflow)
+
+
+def first(value):
+    """A fixed setting, or the first of a searched list (what the range tests use)."""
+    return value[0] if isinstance(value, list) else value
 
 
 def run_range_tests(cfg: SweepConfig, model: str) -> list[RangeTestOutcome]:
@@ -136,10 +161,14 @@ def seeds(outcomes: list[RangeTestOutcome], cfg: SweepConfig, train_size: int) -
 
     Refusals raise `SeedingRefused` unless `range_test.on_refusal` is "blind", in which case an
     optimizer with no usable test gets no seed (its trials use the blind space)."""
+    failed = [o for o in outcomes if o.status == "error"]
+    if failed:
+        raise RangeTestFailed(failed)
     refused = [o for o in outcomes if not o.ok]
     if refused and cfg.range_test.on_refusal == "stop":
         raise SeedingRefused(refused)
-    scale = math.sqrt(cfg.batch_size / (train_size * cfg.epochs))
+    # the effective batch of one optimizer step: batch_size x accumulate micro-batches
+    scale = math.sqrt(cfg.batch_size * first(cfg.accumulate) / (train_size * cfg.epochs))
     out = {}
     for optimizer in cfg.optimizers:
         ok = [o for o in outcomes if o.optimizer == optimizer and o.ok]

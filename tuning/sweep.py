@@ -7,6 +7,7 @@ sweep's real status whatever happens, so no run is left open.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import sys
@@ -18,6 +19,7 @@ import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+from trainables.loops import form, micro_batches
 from trainables.tasks import load_task
 from trainables.trainable import train
 
@@ -38,33 +40,73 @@ class SweepResult:
     started_at: float  # time.time() when the sweep began (trial timestamps are on that clock)
     seeds: dict | None = None  # optimizer -> OptimizerSeed, when the search was seeded
     range_test_seconds: float = 0.0  # the range tests' own time, summed over their Ray tasks
+    mode: str = "max"
 
     def best(self, n: int = 5) -> list[dict]:
-        done = [t for t in self.trials if t["result"].get(self.metric) is not None]
-        return sorted(done, key=lambda t: -t["result"][self.metric])[:n]
+        """The trials with a finite metric, best first; failed trials never rank."""
+        done = [t for t in self.trials if t["result"].get("status") != "failed"
+                and isinstance(t["result"].get(self.metric), (int, float)) and math.isfinite(t["result"][self.metric])]
+        sign = -1.0 if self.mode == "max" else 1.0
+        return sorted(done, key=lambda t: sign * t["result"][self.metric])[:n]
+
+    def failed(self) -> list[dict]:
+        return [t for t in self.trials if t["result"].get("status") == "failed" or t.get("error")]
 
 
-def prepare(cfg: SweepConfig):
-    """Everything that can fail on bad input, before Ray starts: the task loads, the model exists."""
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the driver keeps of a checked task: no data (the trials and range tests build theirs,
+    so the driver holds no copy while they run)."""
+
+    model: str | None
+    metric: str
+    mode: str
+    loop: str  # "lrtune", "lightning" or "train_fn" (trainables.loops.form)
+    micro_batches: int  # batches per epoch, before accumulation
+    examples: int  # training examples per epoch (B of the normalized decay)
+    has_range_test: bool  # models, data and loss for the range tests
+
+
+def prepare(cfg: SweepConfig) -> TaskInfo:
+    """Everything that can fail on bad input, before Ray starts: the task loads and is a valid
+    Task, the model exists, the data gives enough steps for the schedules and `accumulate`."""
     try:
         task = load_task(cfg.task, _abs(cfg.data_dir))
     except ValueError as e:
         raise ConfigError(f"task: {e}") from None
     try:
-        model = task.model_name(cfg.model)
+        model = task.model_name(cfg.model) if task.models or cfg.model else None
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
-    total = cfg.epochs * task.steps_per_epoch(cfg.batch_size)
-    if "one_cycle" in cfg.schedules and 0.25 * total <= 1:
-        raise ConfigError(f"epochs: one_cycle needs more than 4 steps in all (its warm-up is a quarter "
-                          f"of them); epochs={cfg.epochs} x {total // cfg.epochs} steps gives {total}")
-    return task, model
+    loop = form(task, model)
+    if loop != "lrtune" and cfg.seeds > 1:
+        raise ConfigError(f"seeds: {cfg.seeds} copies in lockstep need lrtune's own loop; task {cfg.task!r} "
+                          f"brings its own ({loop}); use seeds: 1")
+    has_range_test = model is not None and (task.tensors or task.train_loader is not None
+                                            or task.datamodule is not None or loop == "lightning")
+    if cfg.search.seeded and not has_range_test:
+        raise ConfigError(f"search.seeded: the range tests need the task's models, data and loss, and task "
+                          f"{cfg.task!r} gives only its own loop (train_fn); add them to the Task, or set "
+                          f"search.seeded: false")
+    try:
+        micro, examples = micro_batches(task, model, cfg.batch_size)
+    except Exception as e:  # noqa: BLE001 - the user's loader factory
+        raise ConfigError(f"task: {e}") from None
+    for a in (cfg.accumulate if isinstance(cfg.accumulate, list) else [cfg.accumulate]):
+        if micro // a < 1:
+            raise ConfigError(f"accumulate: {a} micro-batches per optimizer step, but an epoch has {micro} "
+                              f"batches of batch_size={cfg.batch_size}")
+        total = cfg.epochs * (micro // a)
+        if "one_cycle" in cfg.schedules and 0.25 * total <= 1:
+            raise ConfigError(f"epochs: one_cycle needs more than 4 steps in all (its warm-up is a quarter "
+                              f"of them); epochs={cfg.epochs} x {micro // a} steps gives {total}")
+    return TaskInfo(model, task.metric_name, task.mode, loop, micro, examples, has_range_test)
 
 
 def _last_epoch(trial_id: str, result: dict) -> bool:
-    """Stop a trial on its final report (last epoch, or diverged) instead of waiting for the
+    """Stop a trial on its final report (last epoch, diverged, failed) instead of waiting for the
     trainable to return: Tune would otherwise idle on the finished trial for up to a second."""
-    return result.get("status") in ("finished", "diverged")
+    return result.get("status") in ("finished", "diverged", "failed")
 
 
 def _abs(path: str | None) -> str | None:
@@ -94,21 +136,22 @@ def find_sweep(cfg: SweepConfig) -> str:
     return str(found[-1])
 
 
-def seed_search(cfg: SweepConfig, task, model: str, sweep: tracking.Sweep, later) -> tuple[dict, float]:
+def seed_search(cfg: SweepConfig, info: TaskInfo, sweep: tracking.Sweep, later) -> tuple[dict, float]:
     """The range tests (as Ray tasks), each logged as a nested MLflow run (by `later`, the logging
     thread, while the trials start), read into seeds by the seeding rules; a resumed sweep reuses
-    the seeds it logged. Returns the seeds and the tests' summed seconds. Raises SeedingRefused."""
+    the seeds it logged. Returns the seeds and the tests' summed seconds. Raises SeedingRefused,
+    or RangeTestFailed when the task's code raised in a test."""
     logged = sweep.load_seeds()
     if logged is not None:
         return {k: seeding.OptimizerSeed.from_dict(v) for k, v in logged.items()}, 0.0
     t0 = time.perf_counter()
-    outcomes = seeding.run_range_tests(cfg, model)
-    settings = seeding.settings(cfg, model)
+    outcomes = seeding.run_range_tests(cfg, info.model)
+    settings = seeding.settings(cfg, info.model)
     for o in outcomes:
         later(sweep.log_range_test, o, settings)
     try:
-        seeds = seeding.seeds(outcomes, cfg, task.train_size)
-    except seeding.SeedingRefused:
+        seeds = seeding.seeds(outcomes, cfg, info.examples)
+    except (seeding.SeedingRefused, seeding.RangeTestFailed):
         later(sweep.client.set_tag, sweep.run_id, "lrtune.stopped_by", "range_test")
         raise
     seconds = sum(o.seconds for o in outcomes)
@@ -119,15 +162,18 @@ def seed_search(cfg: SweepConfig, task, model: str, sweep: tracking.Sweep, later
     return seeds, seconds
 
 
+class SweepFailed(RuntimeError):
+    """Every trial of a sweep failed: the sweep has no result (its parent run is FAILED)."""
+
+
 def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> SweepResult:
-    task, model = prepare(cfg)
-    steps = task.steps_per_epoch(cfg.batch_size)
+    info = prepare(cfg)
     path = find_sweep(cfg) if resume else None
     name = Path(path).name if path else f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    constants = dict(task=cfg.task, model=model, epochs=cfg.epochs, batch_size=cfg.batch_size,
+    constants = dict(task=cfg.task, model=info.model, epochs=cfg.epochs, batch_size=cfg.batch_size,
                      data_dir=_abs(cfg.data_dir), threads=cfg.threads_per_trial,
-                     checkpoint_every_s=cfg.checkpoint_every_s,
-                     gpu=cfg.resources.gpu, seed=cfg.seed, seeds=cfg.seeds, target=cfg.search.target)
+                     checkpoint_every_s=cfg.checkpoint_every_s, decay_norm_and_bias=cfg.decay_norm_and_bias,
+                     amp=cfg.amp, gpu=cfg.resources.gpu, seed=cfg.seed, seeds=cfg.seeds, target=cfg.search.target)
     init_ray()
     # Tune's own result files (progress.csv, result.json) stay; its TensorBoard logger goes: MLflow is
     # the tracking UI, and the event writer costs ~6 ms of the driver's loop per epoch of every trial.
@@ -135,13 +181,12 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     preflight.check(cfg, _abs(cfg.storage_path or "ray_results"), ray.nodes())  # before any run is written
     sweep = tracking.Sweep(cfg.tracking.mlflow_uri, cfg.tracking.experiment, name, cfg.model_dump(),
-                           resume=resume)
-    trial_runs = tracking.TrialRuns(sweep, functools.partial(plot_schedule_in_ray, steps_per_epoch=steps))
-    status = "FAILED"
+                           resume=resume, metric=info.metric, mode=info.mode)
+    trial_runs = tracking.TrialRuns(sweep, plot_schedule_in_ray)
+    status, ended = "FAILED", False
     t0, started_at = time.perf_counter(), time.time()
     try:
-        seeds, range_s = (seed_search(cfg, task, model, sweep, trial_runs.later) if cfg.search.seeded
-                          else (None, 0.0))
+        seeds, range_s = seed_search(cfg, info, sweep, trial_runs.later) if cfg.search.seeded else (None, 0.0)
         trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         callbacks = [trial_runs, CSVLoggerCallback(), JsonLoggerCallback()]
         if path and tune.Tuner.can_restore(path):
@@ -152,34 +197,40 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=search.searcher(cfg, task.metric_name, name, steps, constants, seeds),
-                    scheduler=_scheduler(cfg, task.metric_name),
+                    search_alg=search.searcher(cfg, info.metric, info.mode, name, info.micro_batches, constants,
+                                               seeds),
+                    scheduler=_scheduler(cfg, info.metric, info.mode),
                     num_samples=cfg.search.num_samples, max_concurrent_trials=cfg.search.max_concurrent,
                     reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
                 run_config=tune.RunConfig(
                     name=name, storage_path=_abs(cfg.storage_path or "ray_results"), verbose=verbose,
                     stop=_last_epoch, callbacks=callbacks,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                    # retries a trial whose worker or node was lost; the task's own exceptions end
+                    # the trial as failed in the trainable and are never retried
                     failure_config=tune.FailureConfig(max_failures=2)))
         grid = tuner.fit()
         trial_runs.reconcile([dict(trial_id=r.metrics.get("trial_id"), config=r.config,
                                    error=str(r.error) if r.error else None,
                                    history=functools.partial(_history, r)) for r in grid], every_run=resume)
         trials = [dict(trial_id=r.metrics.get("trial_id"), config=r.config, result=r.metrics,
-                       checkpoint=r.checkpoint, error=str(r.error) if r.error else None,
+                       checkpoint=r.checkpoint, error=str(r.error) if r.error else r.metrics.get("error"),
                        run_id=trial_runs.runs.get(r.metrics.get("trial_id"))) for r in grid]
-        status = "FINISHED"
-        result = SweepResult(name, sweep.run_id, task.metric_name, trials, time.perf_counter() - t0,
-                             started_at, seeds, range_s)
+        result = SweepResult(name, sweep.run_id, info.metric, trials, time.perf_counter() - t0,
+                             started_at, seeds, range_s, info.mode)
         best = result.best(1)
-        sweep.end(status, best_metric=best[0]["result"][task.metric_name] if best else None,
-                  trials=len(trials), wall_time=result.wall_time)
+        status = "FINISHED" if best or len(result.failed()) < len(trials) else "FAILED"
+        sweep.end(status, best_metric=best[0]["result"][info.metric] if best else None,
+                  trials=len(trials), failed=len(result.failed()), wall_time=result.wall_time)
+        ended = True
+        if status == "FAILED":
+            raise SweepFailed(f"all {len(trials)} trials failed; the first: {result.failed()[0]['error']}")
         return result
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        if status != "FINISHED":
+        if not ended:
             try:
                 trial_runs.close(abandoned=status)
             finally:
@@ -192,23 +243,27 @@ def _history(result) -> list[dict]:
     return [] if df is None else df.to_dict("records")
 
 
-def _scheduler(cfg: SweepConfig, metric: str):
+def _scheduler(cfg: SweepConfig, metric: str, mode: str):
     if cfg.stopping.scheduler == "none":
         return None
-    return ScheduleFairStopping(metric, "max", grace_period=cfg.stopping.grace_period or max(1, cfg.epochs // 4),
+    return ScheduleFairStopping(metric, mode, grace_period=cfg.stopping.grace_period or max(1, cfg.epochs // 4),
                                 reduction_factor=cfg.stopping.reduction_factor, max_epochs=cfg.epochs)
 
 
 def print_summary(result: SweepResult, cfg: SweepConfig, out=None) -> None:
     out = out or sys.stdout
     m = result.metric
-    print(f"\nsweep {result.name}: {len(result.trials)} trials in {result.wall_time:.0f} s "
-          f"(MLflow parent run {result.parent_run_id})", file=out)
+    failed = result.failed()
+    print(f"\nsweep {result.name}: {len(result.trials)} trials in {result.wall_time:.0f} s"
+          + (f", {len(failed)} failed" if failed else "") + f" (MLflow parent run {result.parent_run_id})", file=out)
     rows = [dict(metric=t["result"][m], std=t["result"].get(f"{m}_std"), epochs=t["result"].get("epoch", 0),
                  status=t["result"].get("status", "?"), optimizer=t["config"]["optimizer"],
                  schedule=t["config"]["schedule"], lr=t["config"].get("max_lr") or t["config"].get("lr"),
                  weight_decay=t["config"]["weight_decay"], run_id=t.get("run_id")) for t in result.best(10)]
     table(rows, m, out)
+    for t in failed:
+        print(f"failed: trial {t['trial_id']} ({t['config'].get('optimizer')} + {t['config'].get('schedule')}, "
+              f"MLflow run {t.get('run_id') or '-'}): {t['error']}", file=out)
     print(f"\nOpen the MLflow UI: {tracking.ui_command(cfg.tracking.mlflow_uri)}", file=out)
     print(f"Optuna dashboard:   optuna-dashboard --host 127.0.0.1 {cfg.tracking.optuna_storage}", file=out)
     print(f"Report and plots:   lrtune report --experiment {cfg.tracking.experiment} --tracking-uri "

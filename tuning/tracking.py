@@ -23,8 +23,12 @@ from ray import tune
 from trainables.workflow import workflow_of
 
 PARENT_TAG = "mlflow.parentRunId"
-METRICS = ("train_loss", "val_loss", "accuracy", "r2", "accuracy_std", "r2_std", "lr", "momentum",
-           "epoch_time", "epochs_to_target")
+# Keys of a trial's result that are bookkeeping, not metrics: Tune's own and lrtune's flags. Every
+# other finite number a trial reports (whatever the task's metrics are called) is logged.
+NOT_METRICS = {"epoch", "diverged", "cycle_end", "status", "error", "timestamp", "checkpoint_dir_name",
+               "should_checkpoint", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
+               "time_total_s", "pid", "hostname", "node_ip", "config", "time_since_restore",
+               "iterations_since_restore", "experiment_tag"}
 HIDDEN = {"task", "data_dir", "threads", "gpu", "checkpoint_every_s"}  # constants logged once on the parent
 WORKFLOW_ARTIFACT = "workflow.yaml"  # each trial's re-runnable workflow (`lrtune export`, `lrtune train`)
 
@@ -33,9 +37,10 @@ class Sweep:
     """The parent run of one sweep. `resume=True` reopens the parent run of the sweep named `name`
     (an interrupted one) instead of creating another."""
 
-    def __init__(self, uri: str, experiment: str, name: str, config: dict, resume: bool = False):
+    def __init__(self, uri: str, experiment: str, name: str, config: dict, resume: bool = False,
+                 metric: str = "accuracy", mode: str = "max"):
         self.client = MlflowClient(tracking_uri=uri)
-        self.name = name
+        self.name, self.metric = name, metric
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
         if resume:
@@ -49,7 +54,8 @@ class Sweep:
             self.client.set_tag(self.run_id, "lrtune.resumed", "true")
             return
         run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={"lrtune.kind": "sweep", "lrtune.sweep": name})
+                                     tags={"lrtune.kind": "sweep", "lrtune.sweep": name,
+                                           "lrtune.metric": metric, "lrtune.mode": mode})
         self.run_id = run.info.run_id
         flat = _flatten(config)
         self.client.log_batch(self.run_id, params=[Param(k, _short(v)) for k, v in flat.items()])
@@ -77,7 +83,7 @@ class Sweep:
                 title = (f"{settings['task']}/{settings['model']} {outcome.optimizer} "
                          f"wd={outcome.weight_decay:g}: {outcome.status}")
                 self.client.log_artifact(rid, outcome.result.plot(str(Path(d) / "range_test.png"), title))
-        self.client.set_terminated(rid, "FINISHED")
+        self.client.set_terminated(rid, "FAILED" if outcome.status == "error" else "FINISHED")
         return rid
 
     def log_seeds(self, seeds: dict) -> None:
@@ -112,7 +118,7 @@ class TrialRuns(tune.Callback):
 
     def __init__(self, sweep: Sweep, plot_schedule=None):
         self.sweep, self.client = sweep, sweep.client
-        self.plot_schedule = plot_schedule  # (workflow config, path) -> path
+        self.plot_schedule = plot_schedule  # (trial config, path, steps_per_epoch) -> path
         self.runs: dict[str, str] = {}  # touched on the logging thread only
         self.open: set[str] = set()  # runs not yet ended, likewise
         self.logged: dict[str, int] = {}  # trial id -> last epoch logged, likewise
@@ -183,24 +189,27 @@ class TrialRuns(tune.Callback):
 
     def _steps(self, run_id: str) -> set[int]:
         """The epochs a trial run has metrics for."""
-        return {m.step for m in self.client.get_metric_history(run_id, "val_loss")}
+        return {m.step for m in self.client.get_metric_history(run_id, self.sweep.metric)}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.later(self._end, trial.trial_id, dict(trial.config), _status(self.last.get(trial.trial_id, {})),
-                    "FINISHED")
+        last = self.last.get(trial.trial_id, {})
+        status = _status(last)
+        self.later(self._end, trial.trial_id, dict(trial.config), status,
+                   "FAILED" if status == "failed" else "FINISHED", last.get("error"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.later(self._end, trial.trial_id, dict(trial.config), "failed", "FAILED")
 
-    def _end(self, trial_id: str, cfg: dict, status: str, mlflow_status: str) -> None:
+    def _end(self, trial_id: str, cfg: dict, status: str, mlflow_status: str, error: str | None = None) -> None:
         run_id = self._run_id(trial_id, cfg)
         epochs = float(self.last.get(trial_id, {}).get("epoch", 0))
-        self.client.log_batch(run_id, tags=[RunTag("status", status)],
-                              metrics=[Metric("epochs_run", epochs, int(time.time() * 1000), 0)])
+        tags = [RunTag("status", status)] + ([RunTag("error", error[:5000])] if error else [])
+        self.client.log_batch(run_id, tags=tags, metrics=[Metric("epochs_run", epochs, int(time.time() * 1000), 0)])
         self.client.log_text(run_id, yaml.safe_dump(workflow_of(cfg), sort_keys=False), WORKFLOW_ARTIFACT)
         if self.plot_schedule is not None:
             with tempfile.TemporaryDirectory() as d:
-                self.client.log_artifact(run_id, self.plot_schedule(cfg, str(Path(d) / "lr_schedule.png")))
+                self.client.log_artifact(run_id, self.plot_schedule(cfg, str(Path(d) / "lr_schedule.png"),
+                                                                    cfg["steps_per_epoch"]))
         self.client.set_terminated(run_id, mlflow_status)
         self.open.discard(run_id)
 
@@ -236,10 +245,9 @@ class TrialRuns(tune.Callback):
             self.last[trial_id] = history[-1]
         if self.client.get_run(run_id).info.status != "RUNNING":
             return  # it had ended: only epochs were missing
-        if error:
-            self._end(trial_id, cfg, "failed", "FAILED")
-        else:
-            self._end(trial_id, cfg, _status(self.last.get(trial_id, {})), "FINISHED")
+        status = "failed" if error else _status(self.last.get(trial_id, {}))
+        self._end(trial_id, cfg, status, "FAILED" if status == "failed" else "FINISHED",
+                  error or self.last.get(trial_id, {}).get("error"))
 
     def close(self, abandoned: str | None = None) -> None:
         """Wait for the queued logging. With `abandoned` (the sweep's MLflow status, e.g. KILLED),
@@ -283,9 +291,11 @@ class SweepView:
             f"tags.`{PARENT_TAG}` = '{self.run_id}' and tags.`lrtune.kind` = '{kind}'"))
 
     def ranked(self) -> tuple[list[dict], str]:
-        """One row per trial, best first (runs without the metric last), and the metric's name."""
+        """One row per trial, best first in the sweep's mode (runs without the metric last), and the
+        metric's name (the parent's `lrtune.metric` tag)."""
         trials = self._children("trial")
-        metric = "accuracy" if any("accuracy" in t.data.metrics for t in trials) or not trials else "r2"
+        metric = self.run.data.tags.get("lrtune.metric", "accuracy")
+        sign = -1.0 if self.run.data.tags.get("lrtune.mode", "max") == "max" else 1.0
         rows = []
         for t in trials:
             p, m = t.data.params, t.data.metrics
@@ -296,7 +306,7 @@ class SweepView:
                              optimizer=p.get("optimizer", "?"), schedule=p.get("schedule", "?"),
                              lr=float(lr) if lr else float("nan"),
                              weight_decay=float(p.get("weight_decay", "nan"))))
-        rows.sort(key=lambda r: (r["metric"] is None, -(r["metric"] or 0.0)))
+        rows.sort(key=lambda r: (r["metric"] is None, sign * (r["metric"] or 0.0)))
         return rows, metric
 
     def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
@@ -318,10 +328,10 @@ class SweepView:
 
 
 def _metrics(result: dict, now: int) -> list:
-    """The METRICS of one epoch's result, at step = epoch; non-finite values are left out."""
+    """The metrics of one epoch's result (every finite number but NOT_METRICS), at step = epoch."""
     step = int(result.get("epoch", result.get("training_iteration", 0)))
-    return [Metric(k, float(result[k]), now, step) for k in METRICS
-            if isinstance(result.get(k), (int, float)) and math.isfinite(result[k])]
+    return [Metric(k, float(v), now, step) for k, v in sorted(result.items())
+            if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
 
 
 def _status(last: dict) -> str:
@@ -357,7 +367,7 @@ def exported_workflow(uri: str, run_id: str) -> tuple[dict, dict]:
     source = dict(run_id=run_id, run_name=run.info.run_name, status=run.data.tags.get("status"),
                   sweep_run_id=run.data.tags.get(PARENT_TAG),
                   metrics={k: v for k, v in run.data.metrics.items()
-                           if k in ("accuracy", "r2", "accuracy_std", "r2_std", "val_loss")})
+                           if k not in ("epochs_run", "epoch_time", "lr", "momentum")})
     return workflow, source
 
 

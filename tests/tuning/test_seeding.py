@@ -128,7 +128,7 @@ def test_warm_start_points_are_the_first_trials(tmp_path):
     s = seeds(OUTCOMES, CFG, TRAIN_SIZE)
     cfg = parse(dict(CFG.model_dump(), search=dict(num_samples=12, seed=0),
                      tracking=dict(optuna_storage=f"sqlite:///{tmp_path}/optuna.db")))
-    searcher = search.searcher(cfg, "accuracy", "warm", STEPS, {"epochs": 20}, s)
+    searcher = search.searcher(cfg, "accuracy", "max", "warm", STEPS, {"epochs": 20}, s)
     configs = [searcher.suggest(f"t{i}") for i in range(10)]
     points = configs[:8]  # 2 optimizers x 4 schedules, the suggestions themselves
     assert [(c["optimizer"], c["schedule"]) for c in points] == [

@@ -1,0 +1,162 @@
+"""The loop of one workflow, whatever form its task has, and the one way every loop reports:
+`report(metrics, state=...)` once per epoch.
+
+Three loops: lrtune's own (`Run`/`Replicas` over the task's data and step), a LightningModule's
+Trainer (`trainables.lightning`), and the task's own `train_fn(workflow, report)`. What `report`
+does with a row is its sink's: the Ray Tune trainable reports it to Tune and checkpoints `state`
+when one is due; `run_workflow` (`lrtune train`) collects the rows. A loop of your own resumes from
+`report.restored` the way a Ray Tune function trainable resumes from `tune.get_checkpoint()`:
+
+    def train_fn(workflow, report):
+        model = Net()
+        optimizer, scheduler = optimizer_and_schedule(workflow, model, steps_per_epoch)
+        start = 0
+        if report.restored:                      # None on a fresh start
+            model.load_state_dict(report.restored["model"]); ...; start = report.restored["epoch"]
+        for epoch in range(start, workflow["epochs"]):
+            ...                                  # train one epoch, step the scheduler per step
+            report({"val_loss": v, "accuracy": a},
+                   state=lambda: {"model": model.state_dict(), ..., "epoch": epoch + 1})
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from schedules import at_cycle_end
+
+from .data import rng_state, seed_everything, set_rng_state
+from .tasks import Task, is_lightning
+from .workflow import SCHEDULE_PARAMS, Replicas
+
+Sink = Callable[[dict, "Callable[[], dict] | None"], None]
+
+
+class StopTrial(Exception):
+    """Raised by `report` after a row that ends the workflow (it diverged): the loop unwinds."""
+
+
+class Report:
+    """`report(metrics, state=None)`: one call per epoch from any loop.
+
+    metrics: a dict with at least the task's metric (tensors become floats); `epoch` counts the
+    calls unless given. state: what a resumed loop needs (a dict, or a zero-argument callable that
+    returns one, called only when a checkpoint is due). A row whose numbers are not all finite
+    is `diverged`: the sink sees it, then `StopTrial` ends the loop. `restored` is the state of
+    the last checkpointed report (None on a fresh start); reading it also restores the global
+    RNGs (Python, NumPy, torch) as they were at that report, so read it after building the model
+    and data, as a run-through would have them. `device` is where the loop should train."""
+
+    def __init__(self, sink: Sink, task: Task, workflow: dict, steps_per_epoch: int,
+                 device: torch.device | str = "cpu", checkpoint: dict | None = None):
+        self.sink, self.task, self.workflow = sink, task, workflow
+        self.steps_per_epoch, self.device = steps_per_epoch, torch.device(device)
+        self._checkpoint = checkpoint
+        self.epoch = checkpoint["epoch"] if checkpoint else 0
+
+    @property
+    def restored(self) -> Any:
+        if self._checkpoint is None:
+            return None
+        set_rng_state(self._checkpoint["rng"])
+        return self._checkpoint["state"]
+
+    def __call__(self, metrics: dict, state: Any = None) -> None:
+        if not isinstance(metrics, dict):
+            raise TypeError(f"report(metrics): expected a dict of metric name -> number, got {type(metrics).__name__}")
+        row = {k: _plain(v) for k, v in metrics.items()}
+        m = self.task.metric_name
+        if m not in row:
+            raise ValueError(f"report(metrics): the metrics must include the task's metric {m!r} "
+                             f"(Task.metric_name); got {sorted(row)}")
+        self.epoch = int(row.get("epoch", self.epoch + 1))
+        row["epoch"] = self.epoch
+        numbers = [v for k, v in row.items() if isinstance(v, float) and k not in ("diverged", "cycle_end")]
+        row.setdefault("diverged", not all(math.isfinite(v) for v in numbers))
+        row.setdefault("cycle_end", self.at_cycle_end())
+
+        def checkpoint() -> dict:
+            return dict(state=state() if callable(state) else state, epoch=self.epoch, rng=rng_state())
+
+        self.sink(row, checkpoint if state is not None else None)
+        if row["diverged"]:
+            raise StopTrial(f"epoch {self.epoch} diverged")
+
+    def at_cycle_end(self) -> bool:
+        w, spe = self.workflow, self.steps_per_epoch
+        return at_cycle_end(w["schedule"], self.epoch * spe, int(w["epochs"]) * spe,
+                            **{k: w[k] for k in SCHEDULE_PARAMS if w.get(k) is not None})
+
+
+def _plain(v: Any) -> Any:
+    if torch.is_tensor(v):
+        return float(v.detach().float().mean())
+    if isinstance(v, (bool, str, list, dict)) or v is None:
+        return v
+    try:
+        return float(v)  # numpy scalars, ints
+    except (TypeError, ValueError):
+        return v
+
+
+def form(task: Task, model_name: str | None) -> str:
+    """Which loop trains this task: "train_fn", "lightning" or "lrtune"."""
+    if task.train_fn is not None:
+        return "train_fn"
+    if task.loss is None and task.loss_fn is None and is_lightning(task.models[model_name]()):
+        return "lightning"
+    return "lrtune"
+
+
+def micro_batches(task: Task, model_name: str | None, batch_size: int) -> tuple[int, int]:
+    """(batches per epoch, training examples per epoch) of a task: a LightningModule that brings
+    its own dataloaders is built once to ask them."""
+    own_data = not (task.tensors or task.train_loader or task.datamodule or task.steps)
+    probe = task.models[model_name]() if own_data and form(task, model_name) == "lightning" else None
+    return task.micro_batches(batch_size, model=probe), task.examples(batch_size, model=probe)
+
+
+def run_loop(task: Task, workflow: dict, report: Report) -> None:
+    """Train one workflow with the task's loop, reporting each epoch through `report`; returns at
+    the end (or when the loop stops itself: a diverged row, a stopped trial)."""
+    loop = form(task, workflow.get("model"))
+    seeds = int(workflow.get("seeds", 1))
+    if loop != "lrtune" and seeds > 1:
+        raise ValueError(f"seeds: {seeds} copies in lockstep need lrtune's own loop; task {task.name!r} "
+                         f"brings its own ({loop})")
+    try:
+        if loop == "train_fn":
+            seed_everything(int(workflow.get("seed", 0)))
+            task.train_fn(dict(workflow, device=str(report.device)), report)
+        elif loop == "lightning":
+            from .lightning import fit
+
+            fit(task, workflow, report)
+        else:
+            run = Replicas(task, workflow, report.device, seeds)
+            if report.restored is not None:
+                run.load_state_dict(report.restored)
+            while not run.done:
+                report(run.train_epoch(), state=run.state_dict)
+    except StopTrial:
+        pass
+
+
+def run_workflow(task: Task, workflow: dict, device: torch.device | str = "cpu",
+                 on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train one workflow from scratch, outside Ray (`lrtune train`), with the task's loop; one
+    metrics dict per epoch, until the last epoch or divergence."""
+    history = []
+
+    def collect(row: dict, checkpoint) -> None:
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+
+    micro, _ = micro_batches(task, workflow.get("model"), int(workflow["batch_size"]))
+    spe = micro // int(workflow.get("accumulate") or 1)
+    run_loop(task, workflow, Report(collect, task, workflow, spe, device))
+    return history
