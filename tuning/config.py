@@ -80,9 +80,16 @@ class Stopping(_Strict):
 
 class Resources(_Strict):
     cpu: float = Field(1.0, gt=0)
-    # At most one GPU per trial: a trial trains on one device (no DDP inside a trial), so Ray would
-    # reserve GPUs the trial never uses. Fractions pack several trials per GPU.
-    gpu: float = Field(0.0, ge=0, le=1)
+    gpu: float = Field(0.0, ge=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _one_device(cls, v: float) -> float:
+        # A trial trains on one device (no DDP inside a trial): Ray would reserve GPUs it never uses.
+        if v > 1:
+            raise ValueError("at most 1 GPU per trial: a trial trains on one device (lrtune runs no DDP "
+                             "inside a trial); a fraction such as 0.25 packs several trials per GPU")
+        return v
 
 
 class Tracking(_Strict):

@@ -72,3 +72,21 @@ def shuffled_labels() -> Task:
     return Task("shuffled_labels", (x[:500], y[:500]), (x[500:], y[500:]),
                 models={"linear": lambda: nn.Linear(4, 1)}, loss_fn=nn.functional.mse_loss, metric=r2,
                 metric_name="r2")
+
+
+def dataset_as_train() -> Task:
+    """A Dataset where tensors are expected: refused by name, with the loader form to use instead."""
+    x, y = _regression()
+    ds = torch.utils.data.TensorDataset(x, y)
+    return Task("dataset_as_train", ds, ds, models={"linear": lambda: nn.Linear(4, 1)},
+                loss_fn=nn.functional.mse_loss, metric=r2, metric_name="r2")
+
+
+def no_loss() -> Task:
+    x, y = _regression()
+    return Task("no_loss", (x, y), (x, y), models={"linear": lambda: nn.Linear(4, 1)}, metric=r2)
+
+
+def own_loop_only() -> Task:
+    """Only a loop of its own: nothing for a range test."""
+    return Task("own_loop_only", train_fn=lambda workflow, report: None, steps=10, metric_name="r2")

@@ -1,0 +1,4 @@
+"""A task module with a syntax error."""
+
+def task(:
+    pass
