@@ -11,6 +11,7 @@ with the metrics the module logged (`trainer.callback_metrics`); the checkpoint 
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -66,20 +67,28 @@ def fit(task, workflow: dict, report) -> None:
                                                lr_scheduler=dict(scheduler=scheduler, interval="step"))
     amp = amp_dtype(device) if workflow.get("amp", True) else None
     precision = "32-true" if amp is None else "bf16-mixed" if amp == torch.bfloat16 else "16-mixed"
-    trainer = pl.Trainer(
-        max_epochs=int(workflow["epochs"]), accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-        precision=precision, gradient_clip_val=workflow.get("grad_clip"),
-        accumulate_grad_batches=int(workflow.get("accumulate") or 1),
-        limit_train_batches=report.steps_per_epoch * int(workflow.get("accumulate") or 1),
-        callbacks=[_Report(report)], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0)
+    accumulate = int(workflow.get("accumulate") or 1)
     data = data_of(task, module, int(workflow["batch_size"]), int(workflow.get("seed", 0)))
+    quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")]
+    levels = [q.level for q in quiet]
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as d:
-        # Lightning's advice on worker counts and logging intervals is for the user's own runs.
+        # Lightning's banners (devices, tips) and advice on worker counts are for the user's own runs.
         warnings.filterwarnings("ignore", module=r"lightning\..*|pytorch_lightning\..*")
-        ckpt = None
-        restored = report.restored
-        if restored is not None:
-            ckpt = Path(d) / "restored.ckpt"
-            ckpt.write_bytes(restored["lightning"])
-        trainer.fit(module, ckpt_path=ckpt, **data)
+        for q in quiet:
+            q.setLevel(logging.WARNING)
+        try:
+            trainer = pl.Trainer(
+                max_epochs=int(workflow["epochs"]), accelerator="gpu" if device.type == "cuda" else "cpu",
+                devices=1, precision=precision, gradient_clip_val=workflow.get("grad_clip"),
+                accumulate_grad_batches=accumulate, limit_train_batches=report.steps_per_epoch * accumulate,
+                callbacks=[_Report(report)], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, num_sanity_val_steps=0)
+            ckpt = None
+            restored = report.restored
+            if restored is not None:
+                ckpt = Path(d) / "restored.ckpt"
+                ckpt.write_bytes(restored["lightning"])
+            trainer.fit(module, ckpt_path=ckpt, **data)
+        finally:
+            for q, level in zip(quiet, levels):
+                q.setLevel(level)

@@ -20,6 +20,7 @@ import inspect
 import math
 import os
 import random
+import warnings
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -196,7 +197,9 @@ class Task:
         if self.loss is not None:
             return self.loss(model, batch)
         if self.loss_fn is None and is_lightning(model):
-            out = model.training_step(batch, 0)
+            with warnings.catch_warnings():  # self.log() outside a Trainer (a range test) warns and does nothing
+                warnings.simplefilter("ignore")
+                out = model.training_step(batch, 0)
             return out["loss"] if isinstance(out, dict) else out
         inputs, targets = _pair(batch, self.name)
         return self.loss_fn(model(inputs), targets)

@@ -327,7 +327,7 @@ def task_range_test(task: Task, model_name: str, optimizer: str, weight_decay: f
     opt = build_optimizer(optimizer, groups, start_lr, weight_decay)
     amp = amp_dtype(device) if w.get("amp", True) else None
     step = Step(task, model, opt, device, grad_clip=w.get("grad_clip"), amp=amp, skip_nonfinite=True)
-    return range_test(model, opt, task.batch_loss, _Groups(task.loader(batch_size, seed), accumulate),
+    return range_test(model, opt, task.batch_loss, _Groups(task.loader(batch_size, seed, model), accumulate),
                       start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, repeats=repeats, seed=seed,
                       step_fn=step.range_test_step)
 

@@ -399,3 +399,52 @@ def test_resume_after_a_killed_driver_loses_no_trial_and_runs_none_twice(ray_ses
         assert t.info.status == "FINISHED" and t.data.tags["status"] == "finished"
     study = optuna.load_study(study_name=parents[0].info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == n
+
+
+def test_a_failing_user_step_is_recorded_failed_once_and_the_sweep_exits_non_zero(ray_session, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """An exception in the task's code is not retried (only lost workers are): each trial is built
+    once, ends FAILED with the error and where it was raised; all failed -> exit 1, parent FAILED."""
+    import optuna
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _local(dict(name="raises", task="tests.tuning.user_tasks:raises_in_step", data_dir=str(tmp_path),
+                      epochs=2, batch_size=50, optimizers=["adamw"], schedules=["constant"],
+                      search=dict(num_samples=2, seeded=False), stopping=dict(scheduler="none")), tmp_path)
+    assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "all 2 trials failed" in err and "bad batch shape" in err
+    assert (tmp_path / "built").read_text().count("built") == 2  # two trials, no retry
+    client, parents, trials, _ = _runs(tmp_path, "raises")
+    assert [p.info.status for p in parents] == ["FAILED"]
+    assert len(trials) == 2
+    for t in trials:
+        assert t.info.status == "FAILED" and t.data.tags["status"] == "failed"
+        assert "ValueError: bad batch shape" in t.data.tags["error"] and "user_tasks.py:" in t.data.tags["error"]
+    study = optuna.load_study(study_name=parents[0].info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+
+
+def test_data_larger_than_the_trials_memory_budget_streams(ray_session, tmp_path, monkeypatch):
+    """A 256 MB training file read by a lazy Dataset: the trial process's resident memory grows by
+    far less than the data (budget 64 MB), measured inside the trial by the task itself."""
+    from pathlib import Path as P
+
+    if not P("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak resident memory")
+    from tests.tuning.user_tasks import write_rows
+
+    n = 16384  # x 16 kB = 256 MB
+    write_rows(tmp_path / "train.f32", n)
+    (tmp_path / "train.n").write_text(str(n))
+    write_rows(tmp_path / "val.f32", 512, seed=1)
+    assert (tmp_path / "train.f32").stat().st_size == 256 * 2**20
+    monkeypatch.chdir(tmp_path)
+    cfg = _local(dict(name="stream", task="tests.tuning.user_tasks:lazy_files", data_dir=str(tmp_path),
+                      epochs=1, batch_size=64, optimizers=["adamw"], schedules=["constant"],
+                      search=dict(num_samples=1, seeded=False), stopping=dict(scheduler="none")), tmp_path)
+    assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
+    client, _, trials, _ = _runs(tmp_path, "stream")
+    (trial,) = trials
+    assert trial.data.tags["status"] == "finished"
+    assert trial.data.metrics["peak_growth_mb"] < 64, trial.data.metrics

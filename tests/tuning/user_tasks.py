@@ -1,5 +1,10 @@
 """User tasks for the tests, loaded as "tests.tuning.user_tasks:NAME" like any user's module."""
 
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,8 +41,8 @@ def not_a_task():
 
 
 class CrashOnce(nn.Module):
-    """An MLP that raises once, in the third epoch of the first process that trains it (a marker
-    file in data_dir remembers), like a node lost mid-trial."""
+    """An MLP whose process is killed once (SIGKILL), in the third epoch of the first process that
+    trains it (a marker file in data_dir remembers), like a worker or node lost mid-trial."""
 
     def __init__(self, marker, crash_at_call):
         super().__init__()
@@ -49,7 +54,7 @@ class CrashOnce(nn.Module):
             self.calls += 1
             if self.calls == self.crash_at_call and not self.marker.exists():
                 self.marker.touch()
-                raise RuntimeError("simulated crash")
+                os.kill(os.getpid(), signal.SIGKILL)
         return self.net(x)
 
 
@@ -90,3 +95,90 @@ def no_loss() -> Task:
 def own_loop_only() -> Task:
     """Only a loop of its own: nothing for a range test."""
     return Task("own_loop_only", train_fn=lambda workflow, report: None, steps=10, metric_name="r2")
+
+
+class RaisesInTraining(nn.Module):
+    """A linear model whose training forward raises, as a user's step with a bug does; each model
+    built appends a line to data_dir/built (one per trial attempt)."""
+
+    def __init__(self, log: Path):
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+        with open(log, "a") as f:
+            f.write("built\n")
+
+    def forward(self, x):
+        if self.training:
+            raise ValueError("bad batch shape (a bug in the user's step)")
+        return self.linear(x)
+
+
+def raises_in_step(data_dir) -> Task:
+    x, y = _regression()
+    return Task("raises_in_step", (x[:400], y[:400]), (x[400:], y[400:]),
+                models={"linear": lambda: RaisesInTraining(Path(data_dir) / "built")},
+                loss_fn=nn.functional.mse_loss, metric=r2, metric_name="r2")
+
+
+# ---------------------------------------------------------------- data larger than memory
+
+FEATURES, CLASSES = 4096, 4  # 16 kB of float32 per example
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+class FileRows(torch.utils.data.Dataset):
+    """Examples read one at a time from one binary file (np.fromfile at an offset: no mapping, so
+    nothing of the file stays in the process's memory)."""
+
+    def __init__(self, path: Path, n: int):
+        self.path, self.n = path, n
+        self.labels = np.load(path.with_suffix(".labels.npy"))
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        x = np.fromfile(self.path, dtype=np.float32, count=FEATURES, offset=4 * FEATURES * i)
+        return torch.from_numpy(x), int(self.labels[i])
+
+
+def write_rows(path: Path, n: int, seed: int = 0) -> None:
+    """n examples whose class is the sign pattern of two features, written in chunks."""
+    rng = np.random.default_rng(seed)
+    labels = []
+    with open(path, "wb") as f:
+        for start in range(0, n, 1024):
+            x = rng.standard_normal((min(1024, n - start), FEATURES), dtype=np.float32)
+            labels.append((x[:, 0] > 0).astype(np.int64) * 2 + (x[:, 1] > 0))
+            x.tofile(f)
+    np.save(path.with_suffix(".labels.npy"), np.concatenate(labels))
+
+
+def lazy_files(data_dir) -> Task:
+    """A task whose training file is larger than the memory budget of its trial: it streams. Its
+    evaluate() also reports the trial process's peak resident memory growth since the task was
+    built (Linux: /proc/self/clear_refs resets the peak), as the metric peak_growth_mb."""
+    root = Path(data_dir)
+    train, val = FileRows(root / "train.f32", int((root / "train.n").read_text())), FileRows(root / "val.f32", 512)
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from the current RSS
+    base_kb = _status_kb("VmRSS")
+
+    def evaluate(model, batches):
+        correct = total = 0
+        for x, y in batches:
+            correct += (model(x).argmax(1) == y).sum().item()
+            total += len(y)
+        return {"accuracy": correct / total, "peak_growth_mb": (_status_kb("VmHWM") - base_kb) / 1024}
+
+    loader = torch.utils.data.DataLoader
+    return Task("lazy_files", models={"linear": lambda: nn.Linear(FEATURES, CLASSES)},
+                train_loader=lambda batch_size, seed, epoch: loader(
+                    train, batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed + epoch)),
+                val_loader=lambda batch_size: loader(val, batch_size),
+                loss_fn=nn.functional.cross_entropy, evaluate=evaluate)
