@@ -243,8 +243,8 @@ class Task:
         """Raises ValueError naming the field that is wrong, the rule and what was given."""
         who = f"task {spec or self.name!r}"
 
-        def bad(key: str, rule: str, got: Any) -> None:
-            raise ValueError(f"{who}: {key} {rule}; got {_describe(got)}")
+        def bad(key: str, rule: str, got: Any, described: str | None = None) -> None:
+            raise ValueError(f"{who}: {key} {rule}; got {described or _describe(got)}")
 
         if not isinstance(self.name, str) or not self.name:
             bad("name", "must be a non-empty string", self.name)
@@ -265,17 +265,17 @@ class Task:
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(torch.is_tensor(t) for t in pair)):
                 bad(split, "must be an (inputs, targets) pair of tensors" + loader_hint, pair)
             if len(pair[0]) != len(pair[1]) or len(pair[0]) == 0:
-                bad(split, "inputs and targets must have the same, non-zero length",
+                bad(split, "inputs and targets must have the same, non-zero length", None,
                     f"{len(pair[0])} inputs and {len(pair[1])} targets")
         if (self.train is None) != (self.val is None):
-            bad("train/val", "must both be given (or neither)", "only one")
+            bad("train/val", "must both be given (or neither)", None, "only one")
         if (self.train_loader is None) != (self.val_loader is None):
-            bad("train_loader/val_loader", "must both be given (or neither)", "only one")
+            bad("train_loader/val_loader", "must both be given (or neither)", None, "only one")
         forms = [f for f, given in (("train/val tensors", self.train is not None),
                                     ("train_loader/val_loader", self.train_loader is not None),
                                     ("datamodule", self.datamodule is not None)) if given]
         if len(forms) > 1:
-            bad("data", "must be given one way", " and ".join(forms))
+            bad("data", "must be given one way", None, " and ".join(forms))
         for key in ("steps", "train_examples"):
             v = getattr(self, key)
             if v is not None and not (isinstance(v, int) and v > 0):
@@ -289,7 +289,7 @@ class Task:
         lightning = self.loss is None and self.loss_fn is None and is_lightning(self.models[next(iter(self.models))]())
         if not forms and not lightning:
             bad("data", "must be train/val tensors, train_loader/val_loader factories or (Lightning) a "
-                "datamodule", "none")
+                "datamodule", None, "none")
         if self.loss is None and self.loss_fn is None and not lightning:
             bad("loss", "or loss_fn must be given (loss(model, batch) -> tensor, or loss_fn(outputs, "
                 "targets)); a LightningModule brings its training_step", None)

@@ -11,6 +11,7 @@ touches Ray.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -86,5 +87,8 @@ def train(config: dict) -> None:
         run_loop(task, config, report)
     except Exception as e:  # noqa: BLE001 - the task's code failed: record it, do not retry it
         last = traceback.format_exception_only(type(e), e)[-1].strip()
-        tune.report(dict(epoch=report.epoch, status="failed", diverged=False, cycle_end=False,
+        # NaN objectives: Tune checks that every result has the searcher's metrics; the searcher
+        # tells Optuna this trial FAILED (tuning.search), and a NaN never ranks or is logged
+        row = {metric: math.nan, **({"epochs_to_target": math.nan} if target is not None else {})}
+        tune.report(dict(row, epoch=report.epoch, status="failed", diverged=False, cycle_end=False,
                          error=f"{last[:2000]}{where(e)}"))

@@ -281,7 +281,7 @@ def test_examples_are_valid_configs():
                          ids=["checkpoint-every-epoch", "final-only"])
 def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_path, monkeypatch, every_s,
                                                             restarted_at):
-    """Through the real trainable and Tune: a trial that crashes in epoch 3 is retried from its
+    """Through the real trainable and Tune: a trial whose worker is killed in epoch 3 is retried from its
     last checkpoint (epoch 2 with `checkpoint_every_s: 0`; none, so from the start, when the interval
     is longer than the trial) and ends with the weights of an uninterrupted run; MLflow keeps one run
     with every epoch once, although epochs 1-2 are reported twice when it restarts from the start."""
@@ -318,7 +318,7 @@ def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_pa
     while not through.done:
         through.train_epoch()
     for k, v in through.model.state_dict().items():
-        assert torch.equal(v, resumed["run"]["replicas"][0]["model"][k]), k
+        assert torch.equal(v, resumed["loop"]["state"]["replicas"][0]["model"][k]), k
 
     client, parents, trials, _ = _runs(tmp_path, "flaky")
     assert len(trials) == 1 and trials[0].data.tags["status"] == "finished"
