@@ -113,7 +113,10 @@ def _abs(path: str | None) -> str | None:
     return str(Path(path).resolve()) if path else None
 
 
-def init_ray(address: str | None = None) -> None:
+def init_ray(address: str | None = "local") -> None:
+    """Join Ray once per process: by default a new local Ray of this sweep's own ("local"), never a
+    cluster some other `ray start` left running on the machine; tuning/submit.py passes the
+    cluster's address."""
     # Keeping few checkpoints per trial makes Tune snapshot its experiment state every few reports
     # (see SweepConfig.keep_checkpoints) and warn about it each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

@@ -169,3 +169,46 @@ def test_a_lightning_module_and_the_plain_loop_end_on_the_same_metric():
     assert a[-1]["accuracy"] > 0.9 and b[-1]["accuracy"] > 0.9
     assert a[-1]["accuracy"] == pytest.approx(b[-1]["accuracy"], abs=0.02)
     assert a[-1]["val_loss"] == pytest.approx(b[-1]["val_loss"], rel=0.15)
+
+
+def _through_and_resumed(task, workflow, stop_after: int):
+    """Rows of a run-through, and of a run stopped after `stop_after` epochs and resumed from the
+    checkpoint its report made there (in a state of other RNGs)."""
+    from trainables.loops import run_loop
+
+    spe = task.steps_per_epoch(workflow["batch_size"])
+    through = []
+    run_loop(task, workflow, Report(lambda row, ckpt: through.append(row), task, workflow, spe))
+    saved = []
+
+    class Stop(Exception):
+        pass
+
+    def until(row, ckpt):
+        saved.append(ckpt())
+        if row["epoch"] == stop_after:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_loop(task, workflow, Report(until, task, workflow, spe))
+    torch.manual_seed(12345)
+    resumed = []
+    run_loop(task, workflow, Report(lambda row, ckpt: resumed.append(row), task, workflow, spe,
+                                    checkpoint=saved[-1]))
+    return through, resumed
+
+
+@pytest.mark.parametrize("example", ["own_loop", "image_folder"])
+def test_stop_and_resume_equals_run_through_for_user_loops_and_loaders(example, tmp_path):
+    if example == "own_loop":
+        from examples.tasks.own_loop import own_loop as factory
+        task, model = factory(), "mlp"
+    else:
+        from examples.tasks.image_folder import digits_folder, write_digits
+        task, model = digits_folder(str(write_digits(tmp_path / "png"))), "cnn"
+    wf = dict(model=model, optimizer="adamw", schedule="one_cycle", max_lr=0.01, weight_decay=1e-4,
+              epochs=3, batch_size=64, seed=5)
+    through, resumed = _through_and_resumed(task, wf, stop_after=1)
+    assert [r["epoch"] for r in resumed] == [2, 3]
+    assert [r["accuracy"] for r in resumed] == [r["accuracy"] for r in through[1:]]
+    assert [r["val_loss"] for r in resumed] == [r["val_loss"] for r in through[1:]]

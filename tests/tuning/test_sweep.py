@@ -448,3 +448,32 @@ def test_data_larger_than_the_trials_memory_budget_streams(ray_session, tmp_path
     (trial,) = trials
     assert trial.data.tags["status"] == "finished"
     assert trial.data.metrics["peak_growth_mb"] < 64, trial.data.metrics
+
+
+def test_any_metric_name_and_a_min_mode_end_to_end(ray_session, tmp_path, monkeypatch, capsys):
+    """A task whose metric is `mae` (lower is better): logged to MLflow, ranked ascending in the
+    summary and in `report`, the Optuna study minimises it, and `export` keeps it."""
+    import optuna
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _local(dict(name="mae", task="tests.tuning.user_tasks:mae_task", epochs=2, batch_size=50,
+                      optimizers=["adamw"], schedules=["one_cycle", "constant"],
+                      range_test=dict(num_iter=40, weight_decays=[0]), search=dict(num_samples=3),
+                      stopping=dict(scheduler="none")), tmp_path)
+    assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
+    out = capsys.readouterr().out
+    client, parents, trials, _ = _runs(tmp_path, "mae")
+    values = sorted(t.data.metrics["mae"] for t in trials)
+    assert len(values) == 3 and all(len(client.get_metric_history(t.info.run_id, "mae")) == 2 for t in trials)
+    ranked_summary = [line for line in out.splitlines() if line[:4].strip().isdigit()]
+    assert f"{values[0]:.4f}" in ranked_summary[0]  # the lowest first
+    study = optuna.load_study(study_name=parents[0].info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [d.name for d in study.directions] == ["MINIMIZE"]
+    assert sorted(t.value for t in study.trials) == pytest.approx(values)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(["report", "--experiment", "mae", "--tracking-uri", uri, "--no-plots"]) == 0
+    report_lines = [line for line in capsys.readouterr().out.splitlines() if line[:4].strip().isdigit()]
+    assert [float(line.split()[1]) for line in report_lines] == pytest.approx(values, abs=1e-4)
+    best = min(trials, key=lambda t: t.data.metrics["mae"])
+    assert main(["export", best.info.run_id, "-o", str(tmp_path / "wf.yaml"), "--tracking-uri", uri]) == 0
+    assert f"mae={best.data.metrics['mae']:.4g}" in (tmp_path / "wf.yaml").read_text()

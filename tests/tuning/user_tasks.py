@@ -182,3 +182,15 @@ def lazy_files(data_dir) -> Task:
                     train, batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed + epoch)),
                 val_loader=lambda batch_size: loader(val, batch_size),
                 loss_fn=nn.functional.cross_entropy, evaluate=evaluate)
+
+
+def mae(outputs, targets) -> float:
+    return (outputs - targets).abs().mean().item()
+
+
+def mae_task() -> Task:
+    """A regression scored by mean absolute error, lower is better."""
+    x, y = _regression(n=600)
+    return Task("mae_task", (x[:500], y[:500]), (x[500:], y[500:]),
+                models={"mlp": lambda: nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 1))},
+                loss_fn=nn.functional.mse_loss, metric=mae, metric_name="mae", mode="min")
