@@ -2,8 +2,9 @@
 
 It owns the sweep, the exact restore of model and optimizer afterwards, the diagnosis (the
 "insurance check": a healthy curve has a too-small-LR plateau, a fast descent and a divergence;
-anything else is a bug in model or data until shown otherwise) and the suggestion rule, which is
-documented on `suggest` below. torch and numpy only; matplotlib only when a plot is asked for.
+anything else is a bug in model or data until shown otherwise; and a curve that goes no lower than
+the best constant predictor, `constant_baseline`, learned the targets' prior and nothing from the
+inputs) and the suggestion rule, which is documented on `suggest` below. torch and numpy only; matplotlib only when a plot is asked for.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ._checks import in_range, one_of, positive, positive_int, require
 
@@ -35,7 +38,7 @@ class Suggestion:
 
 @dataclass
 class Diagnosis:
-    status: str  # "ok", "non_finite", "flat", "no_descent", "diverges_immediately",
+    status: str  # "ok", "non_finite", "flat", "no_descent", "no_signal", "diverges_immediately",
     #              "no_divergence", "starts_descending"
     message: str
 
@@ -73,6 +76,9 @@ class RangeTestResult:
     features: Features | None
     curves: list[Curve]
     settings: dict
+    # The loss the diagnosis compared the curve's lowest loss with (declared, or the best constant
+    # predictor's on the batches the test consumed); None when not checked.
+    baseline: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +100,80 @@ def default_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
         loss.backward()
         optimizer.step()
     return value
+
+
+def _cross_entropy_constant(targets: torch.Tensor, weight: torch.Tensor | None, ignore_index: int) -> float:
+    """min over constant class probabilities q of the mean cross-entropy. With a_c the (weighted)
+    mass of class c, the loss sum_c a_c (-log q_c) is least at q = a / sum(a): the entropy of the
+    label frequencies, as mass-weighted for torch's weighted mean."""
+    weight = None if weight is None else weight.detach().double().cpu()
+    if targets.is_floating_point():  # class probabilities, classes along dim 1; mean over samples
+        a = targets.double().movedim(1, -1).reshape(-1, targets.shape[1]).mean(0)
+        a = a if weight is None else a * weight
+    else:  # class indices; a weighted mean divides by the targets' total weight
+        counts = torch.bincount(targets[targets != ignore_index].flatten()).double()
+        a = counts if weight is None else counts * weight[:len(counts)]
+        a = a / a.sum()
+    seen = a > 0
+    return float(-(a[seen] * (a[seen] / a.sum()).log()).sum())
+
+
+def _mse_constant(targets: torch.Tensor) -> float:
+    """The best constant is each output's mean; what is left is its (population) variance, and the
+    mean over all elements averages those over outputs."""
+    return float(targets.double().reshape(len(targets), -1).var(0, correction=0).mean())
+
+
+def _bce_constant(targets: torch.Tensor) -> float:
+    """The best constant probability of each output is its mean target p; the loss left is the
+    binary entropy of p (linear in the targets, so soft targets too), averaged over outputs."""
+    p = targets.double().reshape(len(targets), -1).mean(0)
+    return float(-(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)).mean())
+
+
+def _constant_loss(loss_fn) -> Callable[[torch.Tensor], float] | None:
+    """The closed form of the best constant predictor's loss under `loss_fn`, for the losses whose
+    defaults lrtune can see (the torch function itself, or the module with mean reduction); None
+    for any other: a wrapper or lambda may weight, smooth or rescale in ways it cannot read."""
+    if loss_fn is F.cross_entropy:
+        return lambda t: _cross_entropy_constant(t, None, -100)
+    if (isinstance(loss_fn, nn.CrossEntropyLoss) and loss_fn.reduction == "mean"
+            and loss_fn.label_smoothing == 0):  # smoothing's constant needs the number of classes
+        return lambda t: _cross_entropy_constant(t, loss_fn.weight, loss_fn.ignore_index)
+    if loss_fn is F.mse_loss or isinstance(loss_fn, nn.MSELoss) and loss_fn.reduction == "mean":
+        return _mse_constant
+    if loss_fn is F.binary_cross_entropy_with_logits or (
+            isinstance(loss_fn, nn.BCEWithLogitsLoss) and loss_fn.reduction == "mean"
+            and loss_fn.weight is None and loss_fn.pos_weight is None):
+        return _bce_constant
+    return None
+
+
+def constant_baseline(loss_fn: Callable, targets: torch.Tensor | Iterable[torch.Tensor]) -> float | None:
+    """The loss of the best constant predictor of `targets` under `loss_fn`: what a model reaches
+    that learns the label frequencies or the target mean and nothing from its inputs.
+
+    cross-entropy (`F.cross_entropy`, `nn.CrossEntropyLoss` with mean reduction, class weights and
+    ignore_index honoured): the entropy of the label frequencies; MSE (`F.mse_loss`, `nn.MSELoss`,
+    mean reduction): the targets' population variance, averaged over outputs; BCE with logits
+    (`F.binary_cross_entropy_with_logits`, `nn.BCEWithLogitsLoss` without weights): the binary
+    entropy of each output's mean target, averaged. None for any other loss: declare the baseline.
+    targets: one tensor, or the targets of several batches (joined along dim 0).
+    """
+    constant = _constant_loss(loss_fn)
+    if constant is None:
+        return None
+    if not torch.is_tensor(targets):
+        targets = torch.cat([t.detach().cpu() for t in targets])
+    require(len(targets) > 0, "targets", "to hold at least one target", targets)
+    return constant(targets.detach().cpu())
+
+
+def _targets(batch) -> torch.Tensor | None:
+    """The targets of a default-structure (inputs, targets) batch, on the CPU; None otherwise."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and torch.is_tensor(batch[1]):
+        return batch[1].detach().cpu()
+    return None
 
 
 def _cycle(batches: Iterable):
@@ -123,7 +203,8 @@ def _lr_at(i: int, num_iter: int, start_lr: float, end_lr: float, step_mode: str
 
 
 def _sweep(model, optimizer, loss_fn, batches, step_fn, *, start_lr, end_lr, num_iter, step_mode,
-           smooth, diverge_factor) -> Curve:
+           smooth, diverge_factor, targets: list | None = None) -> Curve:
+    """One sweep; the targets of every batch it consumes are appended to `targets` when given."""
     lrs, raw, smoothed = [], [], []
     avg, n_finite, best, nonfinite_run, stop = 0.0, 0, math.inf, 0, "end"
     model.train()
@@ -132,7 +213,10 @@ def _sweep(model, optimizer, loss_fn, batches, step_fn, *, start_lr, end_lr, num
         lr = _lr_at(i, num_iter, start_lr, end_lr, step_mode)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = step_fn(model, optimizer, loss_fn, next(batches))
+        batch = next(batches)
+        if targets is not None:
+            targets.append(_targets(batch))
+        loss = step_fn(model, optimizer, loss_fn, batch)
         loss = float(loss.detach() if torch.is_tensor(loss) else loss)
         lrs.append(lr)
         raw.append(loss)
@@ -211,8 +295,13 @@ def _gaps(loss: np.ndarray) -> int:
     return count
 
 
+# A curve must go below (1 - SIGNAL_MARGIN) x the constant predictor's loss to count as learning
+# from the inputs. MEASURED_BELOW_HERE
+SIGNAL_MARGIN = 0.1
+
+
 def diagnose(curve: Curve, f: Features | None, *, start_lr: float, end_lr: float,
-             min_descent: float) -> Diagnosis:
+             min_descent: float, baseline: float | None = None, declared: bool = False) -> Diagnosis:
     loss = np.asarray(curve.raw_losses)
     finite = np.isfinite(loss)
     if not finite.any() or not finite[0]:
@@ -255,6 +344,15 @@ def diagnose(curve: Curve, f: Features | None, *, start_lr: float, end_lr: float
         return Diagnosis("no_descent", f"the loss never fell more than {min_descent:.0%} below its "
                          "start before diverging: labels shuffled or misaligned with the inputs, "
                          "targets of the wrong kind for the loss, or a model too weak to learn.")
+    if baseline is not None and not f.min_loss < (1 - SIGNAL_MARGIN) * baseline:
+        what = ("the baseline the task declared" if declared else "the loss of the best constant "
+                "predictor on the same batches (label frequencies, or the target mean)")
+        return Diagnosis("no_signal", f"the lowest loss {f.min_loss:.4g} is not {SIGNAL_MARGIN:.0%} below "
+                         f"{baseline:.4g}, {what}: the model learned the targets' prior and nothing "
+                         "from the inputs. Check that the labels are aligned with the inputs (not "
+                         "shuffled or misordered), that the inputs are not all equal (zeroed or "
+                         "constant after a loading or normalisation bug), and that augmentation does "
+                         "not destroy the signal.")
     if f.log_lr_edge is None:
         return Diagnosis("no_divergence", f"the loss did not diverge up to end_lr={end_lr:g}: "
                          "raise end_lr (or num_iter) until the curve turns up, so that max_lr "
@@ -293,7 +391,8 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Call
                batches: Iterable, *, start_lr: float = 1e-7, end_lr: float = 10.0,
                num_iter: int = 100, step_mode: str = "exp", smooth: float = 0.98,
                diverge_factor: float = 4.0, step_fn: StepFn | None = None, repeats: int = 1,
-               seed: int | None = None, min_descent: float = 0.05) -> RangeTestResult:
+               seed: int | None = None, min_descent: float = 0.05,
+               baseline: float | bool | str | None = None) -> RangeTestResult:
     """Run the LR range test and read it.
 
     batches: any iterable of (inputs, targets), cycled when shorter than num_iter; pass a
@@ -302,6 +401,10 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Call
     (gradient accumulation, AMP with a GradScaler, closures).
     repeats: run the sweep this many times from the same starting state (seeded `seed + r`);
     the suggestion is the median and `suggestion.spread` the std of log10(max_lr).
+    baseline: the loss a model reaches by predicting a constant, which the curve's lowest loss
+    must clearly undercut (else "no_signal"). None: `constant_baseline` of loss_fn on the targets of
+    the batches the test consumed, when loss_fn is one it knows and batches are (inputs, targets),
+    else not checked; a number: the task's declared baseline; False or "off": not checked.
     Model and optimizer state (parameters, buffers, lr, momentum buffers, train/eval mode) are
     exactly as before the call when it returns or raises.
     """
@@ -315,9 +418,15 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Call
     in_range("diverge_factor", diverge_factor, 1.0, math.inf, closed="()")
     positive_int("repeats", repeats)
     in_range("min_descent", min_descent, 0.0, 1.0, closed="[)")
+    off = baseline is False or (isinstance(baseline, str) and baseline == "off")
+    declared = isinstance(baseline, Real) and not isinstance(baseline, bool)
+    require(baseline is None or off or (declared and math.isfinite(baseline) and baseline >= 0), "baseline",
+            "to be None (auto), a non-negative finite loss (declared), or False/'off'", baseline)
     step_fn = step_fn or default_step
     settings = dict(start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, step_mode=step_mode,
-                    smooth=smooth, diverge_factor=diverge_factor, repeats=repeats, seed=seed)
+                    smooth=smooth, diverge_factor=diverge_factor, repeats=repeats, seed=seed,
+                    baseline=baseline)
+    targets = [] if baseline is None and _constant_loss(loss_fn) is not None else None
 
     model_state = copy.deepcopy(model.state_dict())
     optim_state = copy.deepcopy(optimizer.state_dict())
@@ -331,7 +440,7 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Call
                     torch.manual_seed(seed + r)
                 curve = _sweep(model, optimizer, loss_fn, batches, step_fn, start_lr=start_lr,
                                end_lr=end_lr, num_iter=num_iter, step_mode=step_mode,
-                               smooth=smooth, diverge_factor=diverge_factor)
+                               smooth=smooth, diverge_factor=diverge_factor, targets=targets)
             now = model.state_dict()
             curve.params_changed = any(not torch.equal(now[k], v) for k, v in model_state.items()
                                        if v.is_floating_point())
@@ -343,9 +452,15 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Call
         optimizer.load_state_dict(optim_state)
         model.train(was_training)
 
+    if declared:
+        baseline = float(baseline)
+    elif targets and all(t is not None for t in targets):
+        baseline = constant_baseline(loss_fn, targets)
+    else:  # off, a loss it does not know, or batches of another structure: only a declared one
+        baseline = None
     feats = [features(c) for c in curves]
-    diagnoses = [diagnose(c, f, start_lr=start_lr, end_lr=end_lr, min_descent=min_descent)
-                 for c, f in zip(curves, feats)]
+    diagnoses = [diagnose(c, f, start_lr=start_lr, end_lr=end_lr, min_descent=min_descent,
+                          baseline=baseline, declared=declared) for c, f in zip(curves, feats)]
     bad = [d for d in diagnoses if d.status != "ok"]
     suggestion = None
     if not bad:
@@ -362,4 +477,5 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Call
     finite = [(lr, s) for lr, s in zip(first.lrs, first.smoothed) if math.isfinite(s)]
     return RangeTestResult(lrs=[lr for lr, _ in finite], losses=[s for _, s in finite],
                            raw_lrs=first.lrs, raw_losses=first.raw_losses, suggestion=suggestion,
-                           diagnosis=diagnosis, features=feats[0], curves=curves, settings=settings)
+                           diagnosis=diagnosis, features=feats[0], curves=curves, settings=settings,
+                           baseline=baseline)
