@@ -51,8 +51,8 @@ import torch
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
 from bench.common import RESULTS, figure, finish, mean_std, pool, table
-from schedules import constant_baseline, range_test
-from schedules.range_test import Curve, diagnose, features
+from schedules import range_test
+from schedules.range_test import Curve, batch_baselines, diagnose, features
 from trainables.tasks import load_task
 from trainables.workflow import build_optimizer, fit
 
@@ -171,13 +171,13 @@ def rediagnose(payload: dict) -> list[dict]:
             c = test["curve"]
             loader = task.loader(case["batch_size"], seed=test["seed"])
             batches = itertools.islice((b for _ in itertools.count() for b in loader), len(c["raw_losses"]))
-            baseline = constant_baseline(task.loss_fn, [y for _, y in batches])
-            curve = Curve(c["lrs"], c["raw_losses"], [], c["stop"], params_changed=True)
+            curve = Curve(c["lrs"], c["raw_losses"], [], c["stop"], params_changed=True,
+                          baselines=batch_baselines(task.loss_fn, [y for _, y in batches]))
             f = features(curve)
-            d = diagnose(curve, f, start_lr=START_LR, end_lr=END_LR, min_descent=MIN_DESCENT, baseline=baseline)
+            d = diagnose(curve, f, start_lr=START_LR, end_lr=END_LR, min_descent=MIN_DESCENT)
             out.append(dict(task=case["task"], model=case["model"], optimizer=case["optimizer"], seed=test["seed"],
-                            stored_status=test["status"], status=d.status, min_loss=f and f.min_loss,
-                            baseline=baseline, ratio=f and f.min_loss / baseline))
+                            stored_status=test["status"], status=d.status, min_loss=f.min_loss,
+                            baseline=f.baseline, ratio=f.min_loss / f.baseline))
     return out
 
 
