@@ -383,12 +383,17 @@ def diagnose(curve: Curve, f: Features | None, *, start_lr: float, end_lr: float
     if f.baseline is not None and not f.min_loss < (1 - SIGNAL_MARGIN) * f.baseline:
         what = ("the baseline the task declared" if declared else "the loss of the best constant "
                 "predictor on the same batches (label frequencies, or the target mean)")
+        data = ("check that the labels are aligned with the inputs (not shuffled or misordered), that "
+                "the inputs are not all equal (zeroed or constant after a loading or normalisation "
+                "bug), and that augmentation does not destroy the signal.")
+        # shuffled targets measured up to 1.51x the baseline (fitting noise); far above it, the
+        # model did not even learn the constant
+        why = ("The model learned the targets' prior and nothing from the inputs: " + data
+               if f.min_loss < 2 * f.baseline else "The loss never came down even to that: the model "
+               "did not learn within the test (badly scaled outputs or initialisation, too few "
+               "num_iter) or the loss does not fit the targets; else " + data)
         return Diagnosis("no_signal", f"the lowest loss {f.min_loss:.4g} is not {SIGNAL_MARGIN:.0%} below "
-                         f"{f.baseline:.4g}, {what}: the model learned the targets' prior and nothing "
-                         "from the inputs. Check that the labels are aligned with the inputs (not "
-                         "shuffled or misordered), that the inputs are not all equal (zeroed or "
-                         "constant after a loading or normalisation bug), and that augmentation does "
-                         "not destroy the signal.")
+                         f"{f.baseline:.4g}, {what}. {why}")
     if f.log_lr_edge is None:
         return Diagnosis("no_divergence", f"the loss did not diverge up to end_lr={end_lr:g}: "
                          "raise end_lr (or num_iter) until the curve turns up, so that max_lr "

@@ -467,6 +467,9 @@ def test_declared_baseline_for_a_loss_it_does_not_know(tmp_path):
     assert (r.diagnosis.status, r.baseline, r.features.baseline) == ("no_signal", 0.52, pytest.approx(0.52))
     assert "the baseline the task declared" in r.diagnosis.message
     assert r.plot(str(tmp_path / "no_signal.png")).endswith("no_signal.png")
+    assert "learned the targets' prior" in r.diagnosis.message
+    r = range_test(m, o, None, BATCHES, num_iter=200, smooth=0.9, step_fn=FakeStep(_synthetic_curve), baseline=0.2)
+    assert r.diagnosis.status == "no_signal" and "never came down even to that" in r.diagnosis.message
     r = range_test(m, o, None, BATCHES, num_iter=200, smooth=0.9, step_fn=FakeStep(_synthetic_curve), baseline=0.6)
     assert r.diagnosis.status == "ok", r.diagnosis.message  # 0.5 < 0.95 x 0.6
     r = range_test(m, o, None, BATCHES, num_iter=200, smooth=0.9, step_fn=FakeStep(_synthetic_curve))
