@@ -32,13 +32,16 @@ in-band rate (the rule's LR within half a grid step of the band), regret (grid-b
 minus the mean metric of the grid point nearest the rule's LR in log space: no extra training),
 spread (std of log10 LR) and fails (seeds without an LR, counted out of band). Then the same over
 all cases, and each rule's regret, |distance| and spread as multiples of lrtune's.
-`python -m bench.suggestion [--quick] [--first-seed 3 (default)]`
+`python -m bench.suggestion [--quick] [--first-seed 3 (default)]`; `--rediagnose` re-reads the
+stored curves with today's diagnosis instead (nothing re-run; see `rediagnose`).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import itertools
+import json
 import math
 import time
 from contextlib import redirect_stderr, redirect_stdout
@@ -47,8 +50,9 @@ import numpy as np
 import torch
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
-from bench.common import figure, finish, mean_std, pool, table
+from bench.common import RESULTS, figure, finish, mean_std, pool, table
 from schedules import range_test
+from schedules.range_test import Curve, batch_baselines, diagnose, features
 from trainables.tasks import load_task
 from trainables.workflow import build_optimizer, fit
 
@@ -64,6 +68,7 @@ GRID = [10 ** (k / 4) for k in range(-16, 5)]  # 1e-4 .. 10 in quarter decades
 RULES = ("lrtune", "valley", "steep", "minimum", "lr_finder")
 BAND = 0.01  # the good band: grid points whose mean metric is within this of the grid best
 START_LR, END_LR, NUM_ITER = 1e-7, 10.0, 100
+MIN_DESCENT = 0.05  # range_test's default, for re-diagnosing stored curves
 FASTAI_BETA, FASTAI_STOP_DIV = 0.98, 4.0
 
 
@@ -152,6 +157,28 @@ def lr_finder_steepest(task, model, opt, batch_size, seed):
         except RuntimeError:
             lr = None
     return lr, finder.history
+
+
+def rediagnose(payload: dict) -> list[dict]:
+    """Every stored range-test curve of a suggestion run read again by today's diagnosis, with the
+    constant-predictor baseline of exactly the batches it consumed (the task's loader replayed with
+    the test's seed, cycled as range_test cycles it). The curves were measured with parameters
+    moving, so params_changed is taken as True; the smoothed curve is not stored and not read."""
+    out = []
+    for case in payload["cases"]:
+        task = load_task(case["task"])
+        for test in case["range_tests"]:
+            c = test["curve"]
+            loader = task.loader(case["batch_size"], seed=test["seed"])
+            batches = itertools.islice((b for _ in itertools.count() for b in loader), len(c["raw_losses"]))
+            curve = Curve(c["lrs"], c["raw_losses"], [], c["stop"], params_changed=True,
+                          baselines=batch_baselines(task.loss_fn, [y for _, y in batches]))
+            f = features(curve)
+            d = diagnose(curve, f, start_lr=START_LR, end_lr=END_LR, min_descent=MIN_DESCENT)
+            out.append(dict(task=case["task"], model=case["model"], optimizer=case["optimizer"], seed=test["seed"],
+                            stored_status=test["status"], status=d.status, min_loss=f.min_loss,
+                            baseline=f.baseline, ratio=f.min_loss / f.baseline))
+    return out
 
 
 def case_result(case, opt, tests, runs):
@@ -267,7 +294,15 @@ def main(argv=None):
                     help="seeds first-seed .. first-seed+seeds-1; default 3: lrtune's margins were fitted "
                          "on 0..2, which would flatter it")
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--rediagnose", action="store_true",
+                    help="only re-diagnose the curves stored in results/suggestion.json (nothing re-run)")
     args = ap.parse_args(argv)
+    if args.rediagnose:
+        rows = rediagnose(json.loads((RESULTS / "suggestion.json").read_text()))
+        print(table(["task/model", "optimizer", "seed", "stored", "now", "min loss", "baseline", "min / baseline"],
+                    [[f"{r['task']}/{r['model']}", r["optimizer"], r["seed"], r["stored_status"], r["status"],
+                      f"{r['min_loss']:.4g}", f"{r['baseline']:.4g}", f"{r['ratio']:.3f}"] for r in rows]))
+        return
     cases, grid, seeds = CASES, GRID, args.seeds
     if args.quick:
         cases, grid, seeds = [("digits", "mlp", 3, 50)], GRID[4::4], 2

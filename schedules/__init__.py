@@ -3,8 +3,8 @@ normalized weight decay."""
 
 from .lr import SCHEDULES, at_cycle_end, constant, cyclic, one_cycle, sgdr, sgdr_plans, sgdr_total_steps
 from .optim import SGDW, normalized_weight_decay
-from .range_test import Diagnosis, RangeTestResult, Suggestion, default_step, range_test
+from .range_test import Diagnosis, RangeTestResult, Suggestion, constant_baseline, default_step, range_test
 
 __all__ = ["SCHEDULES", "range_test", "RangeTestResult", "Suggestion", "Diagnosis", "default_step",
-           "one_cycle", "cyclic", "sgdr", "constant", "at_cycle_end", "sgdr_total_steps", "sgdr_plans", "SGDW",
+           "constant_baseline", "one_cycle", "cyclic", "sgdr", "constant", "at_cycle_end", "sgdr_total_steps", "sgdr_plans", "SGDW",
            "normalized_weight_decay"]

@@ -1,4 +1,5 @@
-"""The range-test plot: loss against LR (log x), the three regions shaded, the suggestion marked.
+"""The range-test plot: loss against LR (log x), the three regions shaded, the suggestion and the
+constant-predictor baseline marked.
 matplotlib's object API (no pyplot state), so it may be drawn on a logging thread."""
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ def plot_range_test(result, path: str, title: str | None = None) -> str:
     if s is not None:
         ax.axvline(s.max_lr, color="C3", ls="--", label=f"max_lr {s.max_lr:.2g}")
         ax.axvline(s.lr, color="C2", ls="--", label=f"lr {s.lr:.2g}")
+    if result.baseline is not None:
+        ax.axhline(result.baseline, color="C1", ls=":", label=f"constant predictor {result.baseline:.3g}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
     if raw:
-        finite = [v for _, v in raw]
+        finite = [v for _, v in raw] + ([result.baseline] if result.baseline is not None else [])
         ax.set_ylim(min(finite) - 0.05 * abs(min(finite)), min(max(finite), 4 * finite[0]) * 1.05)
     d = result.diagnosis
     ax.set_title(title or f"LR range test: {d.status}")

@@ -1,14 +1,15 @@
 import copy
 import math
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from schedules import range_test
-from schedules.range_test import EDGE_MARGIN, LR_DIVISOR
+from schedules import constant_baseline, default_step, range_test
+from schedules.range_test import EDGE_MARGIN, LR_DIVISOR, SIGNAL_MARGIN, batch_baselines
 from trainables.tasks import digits
 
 
@@ -355,9 +356,133 @@ def test_noise_dip_on_the_plateau_is_not_the_descent():
     (dict(smooth=1.0), "Expected smooth in [0.0, 1.0), but got 1.0"),
     (dict(diverge_factor=1.0), "Expected diverge_factor in (1.0, inf), but got 1.0"),
     (dict(repeats=0), "Expected repeats to be a positive integer, but got 0"),
+    (dict(baseline=-1.0), "Expected baseline to be None (auto), a non-negative finite loss (declared), "
+                          "or False/'off', but got -1.0"),
+    (dict(baseline=True), "Expected baseline to be None (auto), a non-negative finite loss (declared), "
+                          "or False/'off', but got True"),
 ])
 def test_argument_errors(kwargs, message):
     m, o = _linear_and_sgd()
     with pytest.raises(ValueError) as e:
         range_test(m, o, None, BATCHES, **kwargs)
     assert str(e.value) == message
+
+
+# ---------------------------------------------------------------- the constant-predictor baseline
+
+def _entropy(p):
+    return -sum(q * math.log(q) for q in p if q > 0)
+
+
+def test_constant_baseline_closed_forms():
+    y = torch.tensor([0, 0, 0, 1, 1, 2])
+    assert constant_baseline(nn.functional.cross_entropy, y) == pytest.approx(_entropy([1 / 2, 1 / 3, 1 / 6]))
+    assert constant_baseline(nn.CrossEntropyLoss(), torch.tensor([0, 0, -100, 0, 1, 2, -100, 1])) \
+        == pytest.approx(_entropy([1 / 2, 1 / 3, 1 / 6]), rel=1e-6)  # ignore_index left out
+    # weighted mean: the best constant is the weighted class mass, w_c n_c / sum(w n) = 3/9, 4/9, 2/9
+    weighted = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 2.0]))
+    assert constant_baseline(weighted, y) == pytest.approx(_entropy([3 / 9, 4 / 9, 2 / 9]), rel=1e-6)
+    soft = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]])  # mean target (3/4, 1/4, 0)
+    assert constant_baseline(nn.functional.cross_entropy, soft) == pytest.approx(_entropy([3 / 4, 1 / 4]), rel=1e-6)
+    # MSE: per output, the population variance; averaged over outputs: (8/3 + 8) / 2
+    t = torch.tensor([[1.0, 0.0], [3.0, 0.0], [5.0, 6.0]])
+    assert constant_baseline(nn.functional.mse_loss, t) == pytest.approx(16 / 3)
+    assert constant_baseline(nn.MSELoss(), [t[:1], t[1:]]) == pytest.approx(16 / 3)  # batches joined
+    bce = torch.tensor([[1.0], [1.0], [0.0], [0.0], [0.0]])
+    assert constant_baseline(nn.BCEWithLogitsLoss(), bce) == pytest.approx(_entropy([0.4, 0.6]), rel=1e-6)
+
+
+@pytest.mark.parametrize("loss_fn", [lambda out, y: nn.functional.cross_entropy(out, y), nn.L1Loss(),
+                                     nn.CrossEntropyLoss(label_smoothing=0.1), nn.MSELoss(reduction="sum"),
+                                     nn.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0]))])
+def test_constant_baseline_of_an_unknown_loss_is_none(loss_fn):
+    assert constant_baseline(loss_fn, torch.zeros(4, 1)) is None
+
+
+def test_batch_baselines_are_the_pooled_constant_on_each_batch():
+    y = torch.tensor([0, 0, 0, 1, 0, 1, 1, 1])  # pooled frequencies 1/2, 1/2
+    per_batch = batch_baselines(nn.functional.cross_entropy, [y[:4], y[4:]])
+    # batch 1 (3/4, 1/4) and batch 2 (1/4, 3/4) both cost log 2 under the pooled constant (1/2, 1/2),
+    # more than each batch's own best constant: its noise is not fitted
+    assert per_batch == pytest.approx([math.log(2)] * 2, rel=1e-6)
+    assert constant_baseline(nn.functional.cross_entropy, y[:4]) < math.log(2)
+
+
+def _regression(offset=3.0, n=2000, dim=10, seed=0):
+    """A teacher-student regression whose targets are not centred (like prices or counts)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g)
+    w = torch.randn(dim, 16, generator=g) / dim**0.5
+    y = torch.tanh(x @ w) @ torch.randn(16, 1, generator=g) + offset
+    return SimpleNamespace(train=(x, y + 0.1 * torch.randn(y.shape, generator=g)))
+
+
+def _breast_cancer():
+    """scikit-learn's bundled breast-cancer data: a binary task of 63 % / 37 %, standardised."""
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    return SimpleNamespace(train=(torch.tensor((x - x.mean(0)) / x.std(0), dtype=torch.float32), torch.tensor(y)))
+
+
+def _broken(data, case):
+    x, y = data.train
+    if case == "shuffled":
+        return SimpleNamespace(train=(x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))]))
+    return SimpleNamespace(train=(torch.zeros_like(x), y)) if case == "zeroed" else data
+
+
+@pytest.mark.parametrize("case", ["healthy", "shuffled", "zeroed"])
+@pytest.mark.parametrize("kind", ["mse", "imbalanced"])
+def test_a_model_that_learns_only_the_prior_has_no_signal(kind, case):
+    data, loss_fn, outputs, batch = ((_regression(), nn.functional.mse_loss, 1, 100) if kind == "mse"
+                                     else (_breast_cancer(), nn.functional.cross_entropy, 2, 32))
+    data = _broken(data, case)
+
+    def test(**kwargs):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(data.train[0].shape[1], 64), nn.ReLU(), nn.Linear(64, outputs))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        return range_test(model, opt, loss_fn, Loader(data, batch), **kwargs)
+
+    r = test()
+    x, y = data.train
+    assert r.baseline == pytest.approx(y.double().var(0, correction=0).mean().item() if kind == "mse"
+                                       else _entropy((torch.bincount(y) / len(y)).tolist()), rel=0.02)
+    assert len(r.curves[0].baselines) == len(r.raw_losses)
+    if case == "healthy":
+        assert (r.diagnosis.status, r.suggestion is not None) == ("ok", True), r.diagnosis.message
+        assert r.features.min_loss < 0.9 * r.features.baseline
+        return
+    assert (r.diagnosis.status, r.suggestion) == ("no_signal", None), r.diagnosis.message
+    assert "labels are aligned with the inputs" in r.diagnosis.message
+    assert r.features.min_loss >= (1 - SIGNAL_MARGIN) * r.features.baseline
+    # the curve descends (to the prior) and diverges: without the baseline it passes as healthy
+    assert test(baseline="off").diagnosis.status == "ok"
+
+
+def test_declared_baseline_for_a_loss_it_does_not_know(tmp_path):
+    m, o = _linear_and_sgd()
+    r = range_test(m, o, None, BATCHES, num_iter=200, smooth=0.9, step_fn=FakeStep(_synthetic_curve), baseline=0.52)
+    assert (r.diagnosis.status, r.baseline, r.features.baseline) == ("no_signal", 0.52, pytest.approx(0.52))
+    assert "the baseline the task declared" in r.diagnosis.message
+    assert r.plot(str(tmp_path / "no_signal.png")).endswith("no_signal.png")
+    assert "learned the targets' prior" in r.diagnosis.message
+    r = range_test(m, o, None, BATCHES, num_iter=200, smooth=0.9, step_fn=FakeStep(_synthetic_curve), baseline=0.2)
+    assert r.diagnosis.status == "no_signal" and "never came down even to that" in r.diagnosis.message
+    r = range_test(m, o, None, BATCHES, num_iter=200, smooth=0.9, step_fn=FakeStep(_synthetic_curve), baseline=0.6)
+    assert r.diagnosis.status == "ok", r.diagnosis.message  # 0.5 < 0.95 x 0.6
+    r = range_test(m, o, None, BATCHES, num_iter=200, smooth=0.9, step_fn=FakeStep(_synthetic_curve))
+    assert (r.diagnosis.status, r.baseline, r.curves[0].baselines) == ("ok", None, [])  # unknown loss: unchecked
+
+
+def test_baseline_off_and_other_batch_structures_are_not_checked(task):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    r = range_test(model, opt, nn.functional.cross_entropy, Loader(task), baseline=False)
+    assert r.baseline is None and r.features.baseline is None
+    dicts = [dict(x=x, y=y) for x, y in list(Loader(task))[:5]]
+    r = range_test(model, opt, nn.functional.cross_entropy, dicts,
+                   step_fn=lambda m, o, loss_fn, b: default_step(m, o, loss_fn, (b["x"], b["y"])))
+    assert r.baseline is None and r.diagnosis.status != "no_signal"
