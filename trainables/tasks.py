@@ -52,7 +52,8 @@ class Task:
     accumulates exactly, as `accuracy` and `r2` do), or `evaluate(model, val_batches) -> dict`;
     `metric_name` is the key the sweep optimises, in direction `mode` ("max" or "min").
     `train_fn(workflow, report)`: your own loop (see trainables.loops); `models`, data and loss,
-    when given, are what the sweep's range tests run.
+    when given, are what the sweep's range tests run. `baseline`: the loss of the best constant
+    predictor for a loss lrtune does not know (the range test's no_signal check).
     """
 
     name: str
@@ -73,6 +74,10 @@ class Task:
     mode: str = "max"
     train_fn: Callable[[dict, Any], None] | None = None
     datamodule: Callable[[int], Any] | None = None
+    # the range test's no_signal check: None compares with the best constant predictor for a loss
+    # lrtune knows (cross-entropy, MSE, BCE with logits); a number declares that loss for your loss;
+    # False or "off" skips the check (see schedules.range_test)
+    baseline: float | bool | str | None = None
 
     # ------------------------------------------------------------ data
 
@@ -280,6 +285,10 @@ class Task:
             v = getattr(self, key)
             if v is not None and not (isinstance(v, int) and v > 0):
                 bad(key, "must be a positive integer", v)
+        if not (self.baseline is None or self.baseline is False or self.baseline == "off" or (
+                isinstance(self.baseline, (int, float)) and not isinstance(self.baseline, bool)
+                and math.isfinite(self.baseline) and self.baseline >= 0)):
+            bad("baseline", "must be None (automatic), a non-negative finite loss, or False/'off'", self.baseline)
         if self.mode not in MODES:
             bad("mode", f"must be one of {', '.join(map(repr, MODES))}", self.mode)
         if not isinstance(self.metric_name, str) or not self.metric_name:

@@ -315,7 +315,8 @@ def task_range_test(task: Task, model_name: str, optimizer: str, weight_decay: f
     """The LR range test of one (model, optimizer, weight decay) on a task, from a fresh model
     seeded with `seed`, on the task's training batches, through the task's own step: its loss,
     `accumulate` micro-batches per step, `grad_clip`, AMP on CUDA, the decay groups (from
-    `workflow`, the sweep's fixed workflow keys). The CLI's and the sweep's seeding test."""
+    `workflow`, the sweep's fixed workflow keys), and the task's declared `baseline` for the
+    no_signal check. The CLI's and the sweep's seeding test."""
     from schedules import range_test
 
     w = dict(workflow or {})
@@ -327,9 +328,17 @@ def task_range_test(task: Task, model_name: str, optimizer: str, weight_decay: f
     opt = build_optimizer(optimizer, groups, start_lr, weight_decay)
     amp = amp_dtype(device) if w.get("amp", True) else None
     step = Step(task, model, opt, device, grad_clip=w.get("grad_clip"), amp=amp, skip_nonfinite=True)
-    return range_test(model, opt, task.batch_loss, _Groups(task.loader(batch_size, seed, model), accumulate),
-                      start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, repeats=repeats, seed=seed,
-                      step_fn=step.range_test_step)
+    # One micro-batch per step: the range test sees the task's own batches, so that it can compare
+    # the loss with the best constant predictor's on their targets (the no_signal check) for a loss
+    # it knows; with accumulation a step is a list of micro-batches and only a declared baseline counts.
+    batches = task.loader(batch_size, seed, model)
+    if accumulate == 1:
+        batches, step_fn = batches, lambda m, o, f, batch: step.range_test_step(m, o, f, [batch])
+    else:
+        batches, step_fn = _Groups(batches, accumulate), step.range_test_step
+    loss_fn = task.loss_fn if task.loss is None and task.loss_fn is not None else task.batch_loss
+    return range_test(model, opt, loss_fn, batches, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
+                      repeats=repeats, seed=seed, step_fn=step_fn, baseline=task.baseline)
 
 
 class _Groups:
