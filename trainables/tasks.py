@@ -606,7 +606,6 @@ def load_task(spec: str, data_dir: str | None = None) -> Task:
     a missing function, a factory that raises, or something returned that is not a valid Task."""
     import importlib
     import sys
-    import traceback
 
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
