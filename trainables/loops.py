@@ -26,11 +26,9 @@ from typing import Any, Callable
 
 import torch
 
-from schedules import at_cycle_end
-
 from .data import rng_state, seed_everything, set_rng_state
-from .tasks import Task, is_lightning
-from .workflow import SCHEDULE_PARAMS, Replicas
+from .tasks import Task, _float, is_lightning
+from .workflow import Replicas, epoch_ends_cycle
 
 Sink = Callable[[dict, "Callable[[], dict] | None"], None]
 
@@ -76,7 +74,7 @@ class Report:
         row["epoch"] = self.epoch
         numbers = [v for k, v in row.items() if isinstance(v, float) and k not in ("diverged", "cycle_end")]
         row.setdefault("diverged", not all(math.isfinite(v) for v in numbers))
-        row.setdefault("cycle_end", self.at_cycle_end())
+        row.setdefault("cycle_end", epoch_ends_cycle(self.workflow, self.epoch, self.steps_per_epoch))
 
         def checkpoint() -> dict:
             return dict(state=state() if callable(state) else state, epoch=self.epoch, rng=rng_state())
@@ -85,15 +83,11 @@ class Report:
         if row["diverged"]:
             raise StopTrial(f"epoch {self.epoch} diverged")
 
-    def at_cycle_end(self) -> bool:
-        w, spe = self.workflow, self.steps_per_epoch
-        return at_cycle_end(w["schedule"], self.epoch * spe, int(w["epochs"]) * spe,
-                            **{k: w[k] for k in SCHEDULE_PARAMS if w.get(k) is not None})
 
 
 def _plain(v: Any) -> Any:
     if torch.is_tensor(v):
-        return float(v.detach().float().mean())
+        return _float(v)
     if isinstance(v, (bool, str, list, dict)) or v is None:
         return v
     try:

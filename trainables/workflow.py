@@ -169,6 +169,14 @@ WORKFLOW_KEYS = ("task", "data_dir", "model", "optimizer", "lr", "weight_decay",
                  "seed", "seeds", "threads", "amp")
 
 
+def epoch_ends_cycle(workflow: dict, epoch: int, steps_per_epoch: int) -> bool:
+    """Whether the workflow's schedule has just finished a cycle after `epoch` epochs (see
+    `schedules.at_cycle_end`): where the stopper compares trials."""
+    w = workflow
+    return at_cycle_end(w["schedule"], epoch * steps_per_epoch, int(w["epochs"]) * steps_per_epoch,
+                        **{k: w[k] for k in SCHEDULE_PARAMS if w.get(k) is not None})
+
+
 def workflow_of(config: dict) -> dict:
     """The workflow part of a trial's config, in WORKFLOW_KEYS order, without unset values."""
     return {k: config[k] for k in WORKFLOW_KEYS if config.get(k) is not None}
@@ -223,11 +231,7 @@ class Run:
 
     @property
     def at_cycle_end(self) -> bool:
-        """Whether the schedule has just finished a cycle (see `schedules.at_cycle_end`)."""
-        w = self.workflow
-        return at_cycle_end(w["schedule"], self.epoch * self.steps_per_epoch,
-                            self.epochs * self.steps_per_epoch,
-                            **{k: w[k] for k in SCHEDULE_PARAMS if w.get(k) is not None})
+        return epoch_ends_cycle(self.workflow, self.epoch, self.steps_per_epoch)
 
     @property
     def done(self) -> bool:
