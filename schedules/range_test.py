@@ -34,6 +34,9 @@ class Suggestion:
     max_lr: float  # the 1-cycle max_lr and the CLR upper bound
     spread: float = 0.0  # std of log10(max_lr) over the repeats, in decades
     max_lrs: list[float] = field(default_factory=list)  # one per repeat
+    # The LRs the curve supports (Smith's CLR bounds, medians over the repeats): where the descent
+    # has begun (a quarter of the way down to the minimum) and the divergence edge.
+    bounds: tuple[float, float] | None = None
 
 
 @dataclass
@@ -517,8 +520,10 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Call
         max_lrs = [suggest(f, family) for f in feats]
         logs = np.log10(max_lrs)
         max_lr = float(10 ** np.median(logs))
-        suggestion = Suggestion(lr=max_lr / LR_DIVISOR, max_lr=max_lr,
-                                spread=float(np.std(logs)), max_lrs=max_lrs)
+        descent = float(10 ** np.median([f.log_lr_descent for f in feats]))
+        edge = float(10 ** np.median([f.log_lr_edge for f in feats]))
+        suggestion = Suggestion(lr=max_lr / LR_DIVISOR, max_lr=max_lr, spread=float(np.std(logs)),
+                                max_lrs=max_lrs, bounds=(min(descent, max_lr), max(edge, max_lr)))
     diagnosis = bad[0] if bad else diagnoses[0]
     if bad and len(curves) > 1:
         diagnosis = Diagnosis(bad[0].status, f"{len(bad)} of {len(curves)} repeats: {bad[0].message}")

@@ -74,7 +74,7 @@ class Search(_Strict):
 class Stopping(_Strict):
     # schedule_fair: compare trials only where their schedule ends a cycle (see tuning/stopping.py)
     scheduler: Literal["schedule_fair", "none"] = "schedule_fair"
-    grace_period: int | None = Field(None, ge=1)  # epochs before any comparison; default epochs // 4
+    grace_period: int | None = Field(None, ge=1)  # epochs before any comparison; default epochs // 10 (at least 1)
     reduction_factor: float = Field(3.0, gt=1)
 
 

@@ -3,16 +3,21 @@ imports Optuna.
 
 `space` reads like an optuna-examples objective: each value is suggested where it is used,
 conditional parameters are plain `if`s, one function per schedule. An optimizer with a range-test
-seed (tuning/seeding.py) gets the seeded space: its LR and weight decay are searched as shifts of
-at most ±half a decade (`lr_shift`, `decay_shift`, the same Optuna parameters for every optimizer,
-so TPE learns how far from the range test the best runs lie) and the absolute values (`lr`,
-`max_lr`, `weight_decay`, `lambda_norm`) go into the trial's config. Without a seed (blind mode,
-`search.seeded: false`) LR and decay are searched directly over the wide ranges.
+seed (tuning/seeding.py) gets the seeded space: its LR is searched as `lr_shift`, decades from the
+range test's suggestion, within the band the curve supports (`OptimizerSeed.shifts`), and its
+weight decay as `decay_shift`, at most ±half a decade around the chosen decay's λ_norm (the same
+Optuna parameters for every optimizer, so TPE learns how far from the range test the best runs
+lie); the absolute values (`lr`, `max_lr`, `weight_decay`, `lambda_norm`) go into the trial's
+config. `Bands` extends an LR band while the search runs when its best trial sits at an edge.
+Without a seed (blind mode, `search.seeded: false`) LR and decay are searched directly over the
+wide ranges. The warm start (`start_points`) runs the suggestions themselves and a point in the
+upper half of each band before the sampler takes over.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
@@ -25,7 +30,7 @@ from .seeding import OptimizerSeed
 # The wide, blind ranges (no range test): LR 1e-5..1, weight decay 1e-6..1e-1.
 LR_RANGE = (1e-5, 1.0)
 DECAY_RANGE = (1e-6, 1e-1)
-SHIFT = (-0.5, 0.5)  # decades around a seed's centre: a one-decade band
+DECAY_SHIFT = (-0.5, 0.5)  # decades around the chosen decay's λ_norm: a one-decade band
 # Momentum (SGD) or beta1 (Adam family): Smith's 1-cycle range 0.95 -> 0.85, else about 0.9.
 MOMENTUM = (0.85, 0.95)
 MAX_MOMENTUM, BASE_MOMENTUM = (0.9, 0.99), (0.8, 0.9)
@@ -49,11 +54,79 @@ def _epochs_up(cfg: SweepConfig) -> tuple[int, int]:
     return min(2, hi), hi
 
 
-def _lr(trial, seed: OptimizerSeed | None, name: str, centre) -> float:
-    """`name` ("lr" or "max_lr"): blind, log-uniform over LR_RANGE; seeded, the centre shifted."""
+class Bands:
+    """The seeded LR bands as the search moves them: `lr_shift` ranges in decades from each
+    optimizer's suggested max_lr, starting at `OptimizerSeed.shifts`.
+
+    When an optimizer's best completed trial so far (of at least MIN_TRIALS) lies in the outer
+    EDGE fraction of its band, the band extends by STEP decades on that side (never past the blind
+    range): the range test's bound was too tight for this task. The bands live in the Optuna study
+    (user attributes `lrtune.band.<optimizer>`, `lrtune.band_extensions`), so a resumed sweep
+    continues with them; each extension is printed and passed to `notify` (the sweep logs it to
+    MLflow: notify(every extension so far))."""
+
+    EDGE, STEP, MIN_TRIALS = 0.15, 0.5, 4
+
+    def __init__(self, seeds: dict[str, OptimizerSeed], notify=None):
+        self.seeds, self.notify = seeds, notify
+
+    def __getstate__(self):  # Tune pickles the searcher (and this) with its state; the hook stays
+        return dict(self.__dict__, notify=None)
+
+    def limits(self, optimizer: str) -> tuple[float, float]:
+        """The shifts the blind range allows."""
+        m = self.seeds[optimizer].max_lr
+        return math.log10(LR_RANGE[0] / m), math.log10(LR_RANGE[1] / m)
+
+    def get(self, study: optuna.Study | None, optimizer: str) -> tuple[float, float]:
+        seed = self.seeds[optimizer]
+        if study is None:  # a FixedTrial (tests, re-running one config): the range test's band
+            return seed.shifts
+        key = f"lrtune.band.{optimizer}"
+        lo, hi = study.user_attrs.get(key, seed.shifts)
+        done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if t.params.get("optimizer") == optimizer and "lr_shift" in t.params
+                and t.values and math.isfinite(t.values[0])]
+        if len(done) < self.MIN_TRIALS:
+            return lo, hi
+        sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        best = max(done, key=lambda t: sign * t.values[0])
+        x, edge = best.params["lr_shift"], self.EDGE * (hi - lo)
+        floor, ceiling = self.limits(optimizer)
+        side = "up" if x >= hi - edge and hi < ceiling else "down" if x <= lo + edge and lo > floor else None
+        if side is None:
+            return lo, hi
+        new = (lo, min(hi + self.STEP, ceiling)) if side == "up" else (max(lo - self.STEP, floor), hi)
+        m = seed.max_lr
+        event = dict(optimizer=optimizer, side=side, trial=best.number, value=best.values[0],
+                     max_lr_band=[m * 10 ** new[0], m * 10 ** new[1]], was=[m * 10 ** lo, m * 10 ** hi])
+        events = study.user_attrs.get("lrtune.band_extensions", []) + [event]
+        study.set_user_attr(key, list(new))
+        study.set_user_attr("lrtune.band_extensions", events)
+        print(describe_extension(event), flush=True)
+        if self.notify is not None:
+            self.notify(events)
+        return new
+
+
+def band_extensions(storage: str, study_name: str) -> list[dict]:
+    """Every band extension a sweep's search made so far (the study's record)."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    return list(study.user_attrs.get("lrtune.band_extensions", []))
+
+
+def describe_extension(e: dict) -> str:
+    return (f"lrtune: {e['optimizer']}'s best trial so far (#{e['trial']}, {e['value']:.4g}) sits at the "
+            f"{'upper' if e['side'] == 'up' else 'lower'} edge of its LR band {e['was'][0]:.3g}..{e['was'][1]:.3g}: "
+            f"extended {e['side']} to {e['max_lr_band'][0]:.3g}..{e['max_lr_band'][1]:.3g} (max_lr)")
+
+
+def _lr(trial, seed: OptimizerSeed | None, name: str, centre, band: tuple[float, float] | None = None) -> float:
+    """`name` ("lr" or "max_lr"): blind, log-uniform over LR_RANGE; seeded, the centre shifted
+    within the band (decades)."""
     if seed is None:
         return trial.suggest_float(name, *LR_RANGE, log=True)
-    return centre(seed) * 10 ** trial.suggest_float("lr_shift", *SHIFT)
+    return centre(seed) * 10 ** trial.suggest_float("lr_shift", *(band or seed.shifts))
 
 
 def _decay(trial, seed: OptimizerSeed | None) -> dict:
@@ -62,18 +135,18 @@ def _decay(trial, seed: OptimizerSeed | None) -> dict:
     if seed.lambda_band is None:
         return dict(weight_decay=0.0, lambda_norm=0.0)
     lo, hi = seed.lambda_band
-    lam = (lo * hi) ** 0.5 * 10 ** trial.suggest_float("decay_shift", *SHIFT)
+    lam = (lo * hi) ** 0.5 * 10 ** trial.suggest_float("decay_shift", *DECAY_SHIFT)
     return dict(weight_decay=lam * seed.decay_scale, lambda_norm=lam)
 
 
-def _one_cycle(trial, cfg, seed, steps_per_epoch) -> dict:
-    return dict(max_lr=_lr(trial, seed, "max_lr", lambda s: s.max_lr),
+def _one_cycle(trial, cfg, seed, steps_per_epoch, band=None) -> dict:
+    return dict(max_lr=_lr(trial, seed, "max_lr", lambda s: s.max_lr, band),
                 max_momentum=trial.suggest_float("max_momentum", *MAX_MOMENTUM),
                 base_momentum=trial.suggest_float("base_momentum", *BASE_MOMENTUM))
 
 
-def _cyclic(trial, cfg, seed, steps_per_epoch) -> dict:
-    max_lr = _lr(trial, seed, "max_lr", lambda s: s.max_lr)
+def _cyclic(trial, cfg, seed, steps_per_epoch, band=None) -> dict:
+    max_lr = _lr(trial, seed, "max_lr", lambda s: s.max_lr, band)
     base_div = trial.suggest_float("base_div", 3.0, 10.0)  # Smith: base_lr = max_lr/10 .. max_lr/3
     epochs_up = trial.suggest_int("epochs_up", *_epochs_up(cfg))
     trial.suggest_categorical("mode", ["triangular", "triangular2"])
@@ -81,16 +154,16 @@ def _cyclic(trial, cfg, seed, steps_per_epoch) -> dict:
                 momentum=trial.suggest_float("momentum", *MOMENTUM))
 
 
-def _sgdr(trial, cfg, seed, steps_per_epoch) -> dict:
-    lr = _lr(trial, seed, "lr", lambda s: s.sgdr_peak)
+def _sgdr(trial, cfg, seed, steps_per_epoch, band=None) -> dict:
+    lr = _lr(trial, seed, "lr", lambda s: s.sgdr_peak, band)
     plans = _sgdr_plans(cfg.epochs, steps_per_epoch)
     plan = plans[trial.suggest_categorical("sgdr_plan", sorted(plans))]
     ratio = trial.suggest_float("eta_min_ratio", 1e-3, 1e-1, log=True)
     return dict(lr=lr, eta_min=lr * ratio, **plan, momentum=trial.suggest_float("momentum", *MOMENTUM))
 
 
-def _constant(trial, cfg, seed, steps_per_epoch) -> dict:
-    return dict(lr=_lr(trial, seed, "lr", lambda s: s.lr),
+def _constant(trial, cfg, seed, steps_per_epoch, band=None) -> dict:
+    return dict(lr=_lr(trial, seed, "lr", lambda s: s.lr, band),
                 momentum=trial.suggest_float("momentum", *MOMENTUM))
 
 
@@ -103,43 +176,49 @@ def _fixed_or_searched(trial, name: str, value):
 
 
 def space(trial: optuna.Trial, cfg: SweepConfig, micro_batches: int, constants: dict,
-          seeds: dict[str, OptimizerSeed] | None = None) -> dict:
-    """One trial's config. micro_batches: batches per epoch; an optimizer step takes `accumulate`."""
+          seeds: dict[str, OptimizerSeed] | None = None, bands: Bands | None = None) -> dict:
+    """One trial's config. micro_batches: batches per epoch; an optimizer step takes `accumulate`.
+    bands: the LR bands as the search has moved them (default: the seeds' own)."""
     optimizer = trial.suggest_categorical("optimizer", cfg.optimizers)
     schedule = trial.suggest_categorical("schedule", cfg.schedules)
     accumulate = _fixed_or_searched(trial, "accumulate", cfg.accumulate)
     grad_clip = _fixed_or_searched(trial, "grad_clip", cfg.grad_clip)
     steps_per_epoch = micro_batches // accumulate
     seed = (seeds or {}).get(optimizer)
+    band = bands.get(getattr(trial, "study", None), optimizer) if bands is not None and seed is not None else None
     decay = _decay(trial, seed)
     return dict(constants, accumulate=accumulate, grad_clip=grad_clip, steps_per_epoch=steps_per_epoch,
-                **decay, **SPACES[schedule](trial, cfg, seed, steps_per_epoch))
+                **decay, **SPACES[schedule](trial, cfg, seed, steps_per_epoch, band))
 
 
 def start_points(cfg: SweepConfig, micro_batches: int,
                  seeds: dict[str, OptimizerSeed] | None = None) -> list[dict]:
-    """The warm start: the range tests' suggestions themselves (no shift), one per seeded
-    optimizer x schedule, so that a short sweep covers every combination at its seed. An optimizer
-    without a seed (blind mode) gets none: the blind search starts where its sampler does."""
-    points = []
+    """The warm start, round by round across the seeded optimizers (so that a short sweep tries
+    every optimizer): the first schedule (1-cycle by default) at the range test's suggestion, then
+    at the middle of the band's upper half (where the optimum lies when the rule suggests too low,
+    as it does for models without normalisation layers), then every other schedule at the
+    suggestion. An optimizer without a seed (blind mode) gets none: the blind search starts where
+    its sampler does."""
     epochs_up = max(_epochs_up(cfg)[0], min(_epochs_up(cfg)[1], cfg.epochs // 4))
     plans = list(_sgdr_plans(cfg.epochs, micro_batches))  # labels in epochs: the same for any accumulate
-    for optimizer in cfg.optimizers:
-        seed = (seeds or {}).get(optimizer)
-        if seed is None:
-            continue
-        for schedule in cfg.schedules:
-            p = dict(optimizer=optimizer, schedule=schedule, **_relevant(schedule))
-            if seed.lambda_band is None:
-                p.pop("decay_shift")
-            if schedule == "cyclic":
-                p["epochs_up"] = epochs_up
-            if schedule == "sgdr":
-                p["sgdr_plan"] = plans[-1]
-            points.append(p)
-    return points
+    seeded = [(o, seeds[o]) for o in cfg.optimizers if o in (seeds or {})]
 
+    def point(optimizer, seed, schedule, shift=0.0):
+        p = dict(optimizer=optimizer, schedule=schedule, **_relevant(schedule))
+        p["lr_shift"] = round(shift, 3)
+        if seed.lambda_band is None:
+            p.pop("decay_shift")
+        if schedule == "cyclic":
+            p["epochs_up"] = epochs_up
+        if schedule == "sgdr":
+            p["sgdr_plan"] = plans[-1]
+        return p
 
+    first, *others = cfg.schedules
+    rounds = [[point(o, s, first) for o, s in seeded],
+              [point(o, s, first, s.shifts[1] / 2) for o, s in seeded if s.shifts[1] > 0]]
+    rounds += [[point(o, s, schedule) for o, s in seeded] for schedule in others]
+    return [p for r in rounds for p in r]
 def _relevant(schedule: str) -> dict:
     keys = {"one_cycle": ("max_momentum", "base_momentum"), "cyclic": ("base_div", "mode", "momentum"),
             "sgdr": ("eta_min_ratio", "momentum"), "constant": ("momentum",)}[schedule]
@@ -170,14 +249,15 @@ def objectives(cfg: SweepConfig, metric: str, mode: str = "max") -> tuple[list[s
 
 
 def searcher(cfg: SweepConfig, metric: str, mode: str, study_name: str, micro_batches: int,
-             constants: dict, seeds: dict[str, OptimizerSeed] | None = None) -> OptunaSearch:
+             constants: dict, seeds: dict[str, OptimizerSeed] | None = None, notify=None) -> OptunaSearch:
+    """notify(extensions): called when the search extends an LR band (`Bands`)."""
     sampler = (optuna.samplers.TPESampler(seed=cfg.search.seed) if cfg.search.algorithm == "optuna"
                else optuna.samplers.RandomSampler(seed=cfg.search.seed))
     storage = optuna.storages.RDBStorage(cfg.tracking.optuna_storage)
     metrics, modes = objectives(cfg, metric, mode)
     return _FinalValueSearch(
         space=functools.partial(space, cfg=cfg, micro_batches=micro_batches, constants=constants,
-                                seeds=seeds),
+                                seeds=seeds, bands=Bands(seeds, notify) if seeds else None),
         metric=metrics if len(metrics) > 1 else metrics[0], mode=modes if len(modes) > 1 else modes[0],
         sampler=sampler, storage=storage, study_name=study_name,
         points_to_evaluate=(start_points(cfg, micro_batches, seeds)

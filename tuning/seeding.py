@@ -6,9 +6,13 @@ resources, so that on a cluster they spread over the nodes. Their results become
 around the decay whose curve allowed the largest LR. `search.py` turns seeds into spaces.
 
 The rules, in numbers (each is tested against a fabricated result in tests/tuning/test_seeding.py):
-- LR bands are one decade wide, centred (log scale) on the test's suggestion: `max_lr` for 1-cycle
-  and CLR peaks, `max_lr / 2` for the SGDR peak (it sits at its peak longer than 1-cycle does),
-  `lr` (= max_lr / 4) for a constant LR.
+- The LR band is a prior with bounds, not a point: the peak LR (1-cycle and CLR `max_lr`) is
+  searched between the LRs the curve supports — where its descent has begun and its divergence
+  edge (Smith's CLR bounds, `Suggestion.bounds`) — and within RULE_ERROR decades of the
+  suggestion, the worst error the suggestion rule has shown; never wider than the blind range.
+  The other schedules' LRs move with it: the SGDR peak is `max_lr / 2` (it sits at its peak
+  longer than 1-cycle does), a constant LR `lr` (= max_lr / 4). The search extends the band when
+  its best trials sit at an edge (tuning/search.py, `Bands`).
 - The chosen decay: among the tests of one optimizer, those whose max_lr is within
   `max(DECAY_TIE, spread)` decades of the largest max_lr; of these, the largest decay (a decay that
   costs no LR is free regularization).
@@ -33,7 +37,11 @@ from trainables.workflow import task_range_test
 
 from .config import SweepConfig
 
-LR_BAND = 1.0  # decades
+# Decades: the worst |log10(suggested max_lr / grid-best max_lr)| measured — 0.97 in
+# bench/suggestion.py (mnist1d/cnn, AdamW, one of 3 seeds; tests/tuning/test_seeding.py checks the
+# stored result against it), 0.73 on bench/heldout.py's CNN without normalisation layers.
+RULE_ERROR = 1.0
+BLIND_LR = (1e-5, 1.0)  # the blind search's LR range (tuning/search.py): no band is wider
 DECAY_BAND = 1.0  # decades
 DECAY_TIE = 0.1  # decades of max_lr within which decays count as equally good
 SGDR_PEAK = 0.5  # SGDR's peak LR, as a fraction of the range test's max_lr
@@ -73,6 +81,7 @@ class RangeTestOutcome:
     raw_losses: list[float | None]
     seconds: float  # the test itself, in its Ray task
     result: object = field(repr=False, default=None)  # the RangeTestResult, for its plot
+    bounds: tuple[float, float] | None = None  # Suggestion.bounds: descent begun .. divergence edge
 
     @property
     def ok(self) -> bool:
@@ -89,11 +98,14 @@ class OptimizerSeed:
     lambda_norm: float  # its normalized value (0 for no decay)
     lambda_band: tuple[float, float] | None  # log-uniform λ_norm range; None: decay fixed at 0
     decay_scale: float  # sqrt(b / (B·T)): weight_decay = lambda_norm * decay_scale
+    # the peak LR's band (max_lr's): the curve's bounds within RULE_ERROR of max_lr, inside BLIND_LR
+    lr_band: tuple[float, float] | None = None
 
-    def band(self, centre: float) -> tuple[float, float]:
-        """The one-decade LR band centred on `centre`."""
-        half = 10 ** (LR_BAND / 2)
-        return centre / half, centre * half
+    @property
+    def shifts(self) -> tuple[float, float]:
+        """The band as decades relative to max_lr (lo <= 0 <= hi), what the search samples."""
+        lo, hi = self.lr_band or lr_band(self.max_lr, None)
+        return math.log10(lo / self.max_lr), math.log10(hi / self.max_lr)
 
     @property
     def sgdr_peak(self) -> float:
@@ -104,7 +116,19 @@ class OptimizerSeed:
 
     @classmethod
     def from_dict(cls, d: dict) -> OptimizerSeed:
-        return cls(**dict(d, lambda_band=tuple(d["lambda_band"]) if d["lambda_band"] else None))
+        return cls(**dict(d, lambda_band=tuple(d["lambda_band"]) if d["lambda_band"] else None,
+                          lr_band=tuple(d["lr_band"]) if d.get("lr_band") else None))
+
+
+def lr_band(max_lr: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
+    """The peak LR's search band: within RULE_ERROR decades of the suggestion, inside the curve's
+    bounds when it has them, inside the blind range; always containing the suggestion."""
+    err = 10 ** RULE_ERROR
+    lo, hi = max_lr / err, max_lr * err
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    lo, hi = max(lo, BLIND_LR[0]), min(hi, BLIND_LR[1])
+    return min(lo, max_lr), max(hi, max_lr)
 
 
 def _one(settings: dict, optimizer: str, weight_decay: float) -> dict:
@@ -127,7 +151,7 @@ def _one(settings: dict, optimizer: str, weight_decay: float) -> dict:
     s = result.suggestion
     return dict(optimizer=optimizer, weight_decay=weight_decay, status=result.diagnosis.status,
                 message=result.diagnosis.message, lr=s and s.lr, max_lr=s and s.max_lr,
-                spread=s and s.spread, lrs=list(result.raw_lrs),
+                spread=s and s.spread, bounds=s and s.bounds, lrs=list(result.raw_lrs),
                 raw_losses=[v if math.isfinite(v) else None for v in result.raw_losses],
                 seconds=time.perf_counter() - t0, result=result)
 
@@ -195,7 +219,7 @@ def _seed(optimizer: str, ok: list[RangeTestOutcome], tested: list[float], scale
                          spread=chosen.spread or 0.0, weight_decay=chosen.weight_decay,
                          lambda_norm=chosen.weight_decay / scale,
                          lambda_band=None if centre is None else (centre / half, centre * half),
-                         decay_scale=scale)
+                         decay_scale=scale, lr_band=lr_band(chosen.max_lr, chosen.bounds))
 
 
 def describe(outcomes: list[RangeTestOutcome], seeds: dict[str, OptimizerSeed]) -> str:
@@ -209,8 +233,9 @@ def describe(outcomes: list[RangeTestOutcome], seeds: dict[str, OptimizerSeed]) 
         band = ("decay fixed at 0" if s.lambda_band is None else
                 f"lambda_norm {s.lambda_band[0]:.3g}..{s.lambda_band[1]:.3g} "
                 f"(weight_decay {s.lambda_band[0] * s.decay_scale:.3g}..{s.lambda_band[1] * s.decay_scale:.3g})")
-        lo, hi = s.band(s.max_lr)
-        lines.append(f"  seed {opt}: max_lr {lo:.3g}..{hi:.3g}, chosen decay {s.weight_decay:g}; {band}")
+        lo, hi = s.lr_band or lr_band(s.max_lr, None)
+        lines.append(f"  seed {opt}: max_lr {s.max_lr:.3g}, searched {lo:.3g}..{hi:.3g}; chosen decay "
+                     f"{s.weight_decay:g}; {band}")
     for opt in sorted({o.optimizer for o in outcomes} - set(seeds)):
         lines.append(f"  {opt}: no usable range test, searched blind (range_test.on_refusal: blind)")
     return "\n".join(lines)

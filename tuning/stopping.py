@@ -1,19 +1,24 @@
-"""Schedule-fair early stopping: a Ray Tune trial scheduler that compares trials only where their
-LR schedule has just finished a cycle, never mid-cycle.
+"""Like-for-like early stopping: a Ray Tune trial scheduler that compares trials only where their
+LR schedules make them comparable.
 
 Mid-cycle a trial's accuracy says more about where its LR is than about how good it is: a 1-cycle
-trial at its peak LR looks bad and ends best. So the rule of ASHA (Li et al.; Ray's
-AsyncHyperBandScheduler) — at a rung, stop a trial that is not in the top 1/reduction_factor of the
-trials recorded there before it — is applied only at fair points:
+trial at its peak LR looks worse than a constant-LR trial and ends better. So the rule of ASHA (Li
+et al.; Ray's AsyncHyperBandScheduler) — at a rung, stop a trial that is not in the top
+1/reduction_factor of the trials recorded there before it — is applied only between like trials:
 
 - cyclic: at each cycle's end (LR back at base_lr);  sgdr: at each restart (LR at eta_min);
 - constant: at ASHA's own milestones (grace_period * reduction_factor**k epochs) — its LR is always
   at its "minimum", so these are fair, and there are as few as ASHA would have;
-- one_cycle: never before its end, where stopping is moot: 1-cycle trials always finish.
+  these three share their rungs: each trial there has its LR at a minimum;
+- one_cycle: compared only with other 1-cycle trials at the same fraction of their budget (the
+  same position in the cycle, the same LR relative to its peak), at ONE_CYCLE_FRACTIONS: half-way
+  and three quarters, in its annealing phase. Not earlier: during the warm-up (the first 25 %) a
+  trial's rank is its LR's rank — a higher max_lr is ahead at 10 % of the budget and may end
+  worse (tests/tuning/test_stopping.py, on real curves).
 
-A rung is an epoch: a trial is compared with the values other trials had at the same epoch, each
-also at a fair point (same budget, LR at a minimum). A diverged trial (non-finite or exploding loss,
-as reported by the trainable) stops at once.
+A rung is (kind, fraction of the budget): a trial is compared with the values other trials of its
+kind had at the same point. A diverged trial (non-finite or exploding loss, as reported by the
+trainable) stops at once.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from collections import defaultdict
 
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+ONE_CYCLE_FRACTIONS = (0.5, 0.75)  # of a 1-cycle trial's budget: where it is compared
 
 
 class ScheduleFairStopping(FIFOScheduler):
@@ -37,7 +44,8 @@ class ScheduleFairStopping(FIFOScheduler):
                              f"> 1 (got {reduction_factor})")
         self._metric, self._mode = metric, mode
         self.grace_period, self.reduction_factor, self.max_epochs = grace_period, reduction_factor, max_epochs
-        self.rungs: dict[int, dict[str, float]] = defaultdict(dict)  # epoch -> trial id -> value
+        # (kind, fraction of the budget) -> trial id -> value; kind "one_cycle" or "at_minimum"
+        self.rungs: dict[tuple[str, float], dict[str, float]] = defaultdict(dict)
         self.stopped: list[str] = []
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
@@ -57,9 +65,20 @@ class ScheduleFairStopping(FIFOScheduler):
         epoch = int(result.get("epoch", 0))
         if epoch < self.grace_period or (self.max_epochs and epoch >= self.max_epochs):
             return False
+        if config.get("schedule") == "one_cycle":
+            budget = config.get("epochs") or self.max_epochs
+            return bool(budget) and epoch in {max(1, round(f * budget)) for f in ONE_CYCLE_FRACTIONS}
         if config.get("schedule") == "constant":
             return epoch in self.milestones()
         return bool(result.get("cycle_end"))
+
+    def rung(self, config: dict, result: dict) -> tuple[str, float]:
+        """Where a fair result is recorded and compared: 1-cycle trials among themselves at the
+        same fraction of their budget; the others together (their LR is at a minimum)."""
+        epoch = int(result["epoch"])
+        if config.get("schedule") == "one_cycle":
+            return "one_cycle", round(epoch / (config.get("epochs") or self.max_epochs or epoch), 6)
+        return "at_minimum", round(epoch / (config.get("epochs") or self.max_epochs or 1), 6)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         value = result.get(self._metric)
@@ -68,7 +87,7 @@ class ScheduleFairStopping(FIFOScheduler):
         if not self.fair(trial.config, result):
             return TrialScheduler.CONTINUE
         sign = 1.0 if self._mode == "max" else -1.0
-        recorded = self.rungs[int(result["epoch"])]
+        recorded = self.rungs[self.rung(trial.config, result)]
         # the others at this rung (a trial restarted from an earlier checkpoint reaches it again)
         others = [v for k, v in recorded.items() if k != trial.trial_id]
         cutoff = np.nanpercentile(others, (1 - 1 / self.reduction_factor) * 100) if others else None
@@ -82,7 +101,7 @@ class ScheduleFairStopping(FIFOScheduler):
         return TrialScheduler.STOP
 
     def debug_string(self) -> str:
-        return f"ScheduleFairStopping: {len(self.stopped)} stopped, rungs at epochs {sorted(self.rungs)}"
+        return f"ScheduleFairStopping: {len(self.stopped)} stopped, rungs {sorted(self.rungs)}"
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

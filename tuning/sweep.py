@@ -201,7 +201,8 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=search.searcher(cfg, info.metric, info.mode, name, info.micro_batches, constants,
-                                               seeds),
+                                               seeds, notify=functools.partial(
+                                                   trial_runs.later, sweep.log_band_extensions)),
                     scheduler=_scheduler(cfg, info.metric, info.mode),
                     num_samples=cfg.search.num_samples, max_concurrent_trials=cfg.search.max_concurrent,
                     reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
@@ -213,6 +214,8 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                     # the trial as failed in the trainable and are never retried
                     failure_config=tune.FailureConfig(max_failures=2)))
         grid = tuner.fit()
+        if seeds and (extended := search.band_extensions(cfg.tracking.optuna_storage, name)):
+            sweep.log_band_extensions(extended)  # also those a resumed search made (no live hook)
         trial_runs.reconcile([dict(trial_id=r.metrics.get("trial_id"), config=r.config,
                                    error=str(r.error) if r.error else None,
                                    history=functools.partial(_history, r)) for r in grid], every_run=resume)
@@ -249,7 +252,7 @@ def _history(result) -> list[dict]:
 def _scheduler(cfg: SweepConfig, metric: str, mode: str):
     if cfg.stopping.scheduler == "none":
         return None
-    return ScheduleFairStopping(metric, mode, grace_period=cfg.stopping.grace_period or max(1, cfg.epochs // 4),
+    return ScheduleFairStopping(metric, mode, grace_period=cfg.stopping.grace_period or max(1, cfg.epochs // 10),
                                 reduction_factor=cfg.stopping.reduction_factor, max_epochs=cfg.epochs)
 
 

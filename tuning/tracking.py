@@ -89,6 +89,15 @@ class Sweep:
     def log_seeds(self, seeds: dict) -> None:
         self.client.log_dict(self.run_id, {k: v.to_dict() for k, v in seeds.items()}, "seeds.json")
 
+    def log_band_extensions(self, events: list[dict]) -> None:
+        """The LR bands the search extended (tuning/search.py, Bands): `band_extensions.json`, and
+        per optimizer a tag with its last band."""
+        self.client.log_dict(self.run_id, events, "band_extensions.json")
+        for e in events:
+            lo, hi = e["max_lr_band"]
+            self.client.set_tag(self.run_id, f"lrtune.band.{e['optimizer']}",
+                                f"max_lr {lo:.3g}..{hi:.3g} (extended {e['side']} after trial #{e['trial']})")
+
     def load_seeds(self) -> dict | None:
         """The seeds logged by this sweep before an interruption (None when none were)."""
         if "seeds.json" not in [a.path for a in self.client.list_artifacts(self.run_id)]:

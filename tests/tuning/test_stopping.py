@@ -1,5 +1,6 @@
 """Schedule-fair stopping against ASHA at fixed epochs, on real learning curves (digits, CPU)."""
 
+import itertools
 from types import SimpleNamespace
 
 import pytest
@@ -7,7 +8,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from trainables.tasks import load_task
 from trainables.workflow import fit
-from tuning.stopping import ScheduleFairStopping
+from tuning.stopping import ONE_CYCLE_FRACTIONS, ScheduleFairStopping
 
 EPOCHS, GRACE, RF = 12, 3, 3
 WORKFLOWS = {  # three constant-LR AdamW runs, then a 1-cycle run whose peak LR sits mid-training
@@ -25,11 +26,11 @@ def curves():
             for name, w in WORKFLOWS.items()}
 
 
-def _feed(scheduler, curves) -> dict[str, int | None]:
+def _feed(scheduler, curves, workflows=WORKFLOWS) -> dict[str, int | None]:
     """Trials one after another (as with a free slot each); the epoch each was stopped at, or None."""
     stopped = {}
     for name, history in curves.items():
-        trial = SimpleNamespace(trial_id=name, config=dict(WORKFLOWS[name], epochs=EPOCHS))
+        trial = SimpleNamespace(trial_id=name, config=dict(workflows[name], epochs=EPOCHS))
         scheduler.on_trial_add(None, trial)
         stopped[name] = None
         for row in history:
@@ -52,7 +53,47 @@ def test_asha_kills_the_one_cycle_trial_that_ends_best_schedule_fair_does_not(cu
     assert by_fair["one_cycle"] is None  # runs to its end, where it is the best
     # the same ASHA rule still prunes where the comparison is fair: constant LR at the milestones
     assert by_fair["constant-3e-4"] == by_asha["constant-3e-4"] == GRACE
-    assert fair.milestones() == {3, 9} and set(fair.rungs) == {3, 9}
+    assert fair.milestones() == {3, 9}
+    assert set(fair.rungs) == {("at_minimum", 3 / EPOCHS), ("at_minimum", 9 / EPOCHS),
+                               ("one_cycle", ONE_CYCLE_FRACTIONS[0]), ("one_cycle", ONE_CYCLE_FRACTIONS[1])}
+
+
+MAX_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
+ONE_CYCLES = {f"one_cycle-{lr:g}": dict(schedule="one_cycle", max_lr=lr) for lr in MAX_LRS}
+
+
+@pytest.fixture(scope="module")
+def one_cycle_curves():
+    task = load_task("digits")
+    return {name: fit(task, "mlp", "adamw", epochs=EPOCHS, batch_size=64, seed=0, weight_decay=1e-4, **w)
+            for name, w in ONE_CYCLES.items()}
+
+
+def test_one_cycle_trials_are_compared_like_for_like(one_cycle_curves):
+    """1-cycle trials among themselves at the same fraction of the budget: in every one of the 720
+    arrival orders of six real 1-cycle trials (max_lr 3e-4 .. 0.1) the eventual best is never
+    stopped, and the clearly worse one is stopped half-way whenever a better one came first. ASHA
+    (Ray's, grace 1) compares them during the warm-up, where a higher max_lr is ahead, and stops
+    the eventual best in some orders."""
+    curves = one_cycle_curves
+    finals = {n: h[-1]["accuracy"] for n, h in curves.items()}
+    best, worst = max(finals, key=finals.get), min(finals, key=finals.get)
+    assert best not in (f"one_cycle-{MAX_LRS[0]:g}", f"one_cycle-{MAX_LRS[-1]:g}")  # premise: an inner optimum
+    assert finals[best] - finals[worst] > 0.05  # premise: the worst is clearly worse
+    half = round(ONE_CYCLE_FRACTIONS[0] * EPOCHS)
+    asha_killed_best = 0
+    for order in itertools.permutations(curves):
+        ordered = {n: curves[n] for n in order}
+        fair = ScheduleFairStopping("accuracy", "max", grace_period=1, reduction_factor=RF, max_epochs=EPOCHS)
+        stopped = _feed(fair, ordered, ONE_CYCLES)
+        assert stopped[best] is None, order
+        assert all(e is None or e in {round(f * EPOCHS) for f in ONE_CYCLE_FRACTIONS} for e in stopped.values())
+        if order.index(best) < order.index(worst):
+            assert stopped[worst] == half, order
+        asha = AsyncHyperBandScheduler(time_attr="epoch", metric="accuracy", mode="max", max_t=EPOCHS,
+                                       grace_period=1, reduction_factor=RF, brackets=1)
+        asha_killed_best += _feed(asha, ordered, ONE_CYCLES)[best] is not None
+    assert asha_killed_best > 0
 
 
 def test_sgdr_and_cyclic_are_compared_only_at_cycle_ends():
