@@ -195,10 +195,11 @@ def start_points(cfg: SweepConfig, micro_batches: int,
                  seeds: dict[str, OptimizerSeed] | None = None) -> list[dict]:
     """The warm start, round by round across the seeded optimizers (so that a short sweep tries
     every optimizer): the first schedule (1-cycle by default) at the range test's suggestion, then
-    at the middle of the band's upper half (where the optimum lies when the rule suggests too low,
-    as it does for models without normalisation layers), then every other schedule at the
-    suggestion. An optimizer without a seed (blind mode) gets none: the blind search starts where
-    its sampler does."""
+    at the middle of the band's larger side (above the suggestion for AdamW, whose band reaches
+    RULE_ERROR up, where the optimum lies when the rule suggests too low, as for models without
+    normalisation layers; below it for SGD, whose suggestion sits near the divergence edge), then
+    every other schedule at the suggestion. An optimizer without a seed (blind mode) gets none:
+    the blind search starts where its sampler does."""
     epochs_up = max(_epochs_up(cfg)[0], min(_epochs_up(cfg)[1], cfg.epochs // 4))
     plans = list(_sgdr_plans(cfg.epochs, micro_batches))  # labels in epochs: the same for any accumulate
     seeded = [(o, seeds[o]) for o in cfg.optimizers if o in (seeds or {})]
@@ -216,9 +217,15 @@ def start_points(cfg: SweepConfig, micro_batches: int,
 
     first, *others = cfg.schedules
     rounds = [[point(o, s, first) for o, s in seeded],
-              [point(o, s, first, s.shifts[1] / 2) for o, s in seeded if s.shifts[1] > 0]]
+              [point(o, s, first, _larger_side(s) / 2) for o, s in seeded if _larger_side(s)]]
     rounds += [[point(o, s, schedule) for o, s in seeded] for schedule in others]
     return [p for r in rounds for p in r]
+def _larger_side(seed: OptimizerSeed) -> float:
+    """The end of the band's larger side, in decades from the suggestion (a tie goes up)."""
+    lo, hi = seed.shifts
+    return hi if hi >= -lo else lo
+
+
 def _relevant(schedule: str) -> dict:
     keys = {"one_cycle": ("max_momentum", "base_momentum"), "cyclic": ("base_div", "mode", "momentum"),
             "sgdr": ("eta_min_ratio", "momentum"), "constant": ("momentum",)}[schedule]
