@@ -14,9 +14,9 @@ from pathlib import Path
 from bench.common import RESULTS
 
 BENCH = Path(__file__).parent
-ORDER = ("sanity", "clr", "sgdr", "adamw_vs_l2", "one_cycle", "suggestion", "workflows", "seeded_vs_blind",
+ORDER = ("search_quality", "sanity", "clr", "sgdr", "adamw_vs_l2", "one_cycle", "suggestion", "workflows", "seeded_vs_blind",
          "overhead")
-TITLES = {"sanity": "Range test as a sanity check", "clr": "Cyclical learning rates",
+TITLES = {"search_quality": "Search quality against the hand-written sweep", "sanity": "Range test as a sanity check", "clr": "Cyclical learning rates",
           "sgdr": "SGDR: warm restarts", "adamw_vs_l2": "AdamW vs Adam + L2",
           "one_cycle": "1-cycle super-convergence", "suggestion": "Range-test suggestion quality",
           "workflows": "Workflow comparison at equal compute", "seeded_vs_blind": "Seeded vs blind search",
@@ -48,6 +48,8 @@ def section(name: str, payload: dict, prefix: str) -> str:
         lines.append("")
     if name == "suggestion" and payload.get("aggregate"):
         lines += _aggregate(payload["aggregate"])
+    if name == "search_quality" and payload.get("tasks"):
+        lines += _search_tables(payload["tasks"])
     for png in payload.get("plots", []):
         lines += [f"![{name}]({prefix}/{png})", ""]
     return "\n".join(lines)
@@ -63,6 +65,29 @@ def _aggregate(aggregate: dict) -> list[str]:
     lines = ["| rule | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     lines += [f"| {rule} | " + " | ".join(_value(m.get(k)) for k in keys) + " |" for rule, m in aggregate.items()]
     return lines + [""]
+
+
+def _search_tables(tasks: dict) -> list[str]:
+    """Per task: each method's best metric after each budget (mean ± std over search seeds), its
+    epochs trained and wall time at the largest budget."""
+    import numpy as np
+
+    lines = []
+    for task, t in tasks.items():
+        budgets = [str(n) for n in t["budgets"]]
+        lines += [f"**{task}** (best any method reached in any seed: {t['ceiling']:.4f})", "",
+                  "| method | " + " | ".join(f"best of {n}" for n in budgets)
+                  + f" | epochs ({budgets[-1]} trials) | wall s |", "|---|" + "---|" * (len(budgets) + 2)]
+        for m, r in t["rows"].items():
+            cells = []
+            for n in budgets:
+                v = np.asarray(r["best"][n], dtype=float)
+                v = v[np.isfinite(v)]
+                cells.append(f"{v.mean():.4f} ± {v.std():.4f}" if len(v) else "-")
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(r['epochs'][budgets[-1]]):.0f} | "
+                         f"{np.mean(r['wall_s']):.0f} |")
+        lines.append("")
+    return lines
 
 
 def _value(v) -> str:

@@ -294,6 +294,9 @@ def main(argv=None):
                     help="seeds first-seed .. first-seed+seeds-1; default 3: lrtune's margins were fitted "
                          "on 0..2, which would flatter it")
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--heldout", action="store_true",
+                    help="the held-out tasks of bench/heldout.py instead (10 epochs, batch 64, as "
+                         "bench.search_quality trains them); results in suggestion_heldout.json")
     ap.add_argument("--rediagnose", action="store_true",
                     help="only re-diagnose the curves stored in results/suggestion.json (nothing re-run)")
     args = ap.parse_args(argv)
@@ -304,6 +307,10 @@ def main(argv=None):
                       f"{r['min_loss']:.4g}", f"{r['baseline']:.4g}", f"{r['ratio']:.3f}"] for r in rows]))
         return
     cases, grid, seeds = CASES, GRID, args.seeds
+    if args.heldout:
+        from bench.heldout import MODEL, TASKS
+
+        cases = [(f"bench.heldout:{t}", MODEL, 10, 64) for t in TASKS]
     if args.quick:
         cases, grid, seeds = [("digits", "mlp", 3, 50)], GRID[4::4], 2
     seeds_used = list(range(args.first_seed, args.first_seed + seeds))
@@ -323,7 +330,7 @@ def main(argv=None):
     headline = {f"{rule}: in band / mean regret / mean |distance| (dec) / spread (dec)":
                 f"{m['in_band']:.2f} / {m['regret']:.3f} / {m['abs_distance']:.2f} / {m['spread']:.2f}"
                 for rule, m in agg.items()}
-    finish("suggestion", args.quick, dict(seeds=seeds_used, grid=grid, wall_seconds=wall, cases=results,
+    finish("suggestion_heldout" if args.heldout else "suggestion", args.quick, dict(seeds=seeds_used, grid=grid, wall_seconds=wall, cases=results,
                                           aggregate=agg, headline=headline),
            figures=dict(grid=plot(results, metric_names)),
            params=dict(seeds=seeds_used, grid_points=len(grid), cases=[f"{t}/{m} {e} epochs" for t, m, e, _ in cases]),

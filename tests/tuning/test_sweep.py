@@ -6,10 +6,12 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tuning import search
 from tuning.cli import main
 from tuning.config import ConfigError, load, parse
 from tuning.tracking import read_artifact
@@ -480,3 +482,31 @@ def test_any_metric_name_and_a_min_mode_end_to_end(ray_session, tmp_path, monkey
     best = min(trials, key=lambda t: t.data.metrics["mae"])
     assert main(["export", best.info.run_id, "-o", str(tmp_path / "wf.yaml"), "--tracking-uri", uri]) == 0
     assert f"mae={best.data.metrics['mae']:.4g}" in (tmp_path / "wf.yaml").read_text()
+
+
+def test_the_search_extends_a_band_whose_best_trial_sits_at_its_edge(ray_session, tmp_path, capsys):
+    """A real sweep (Ray, Optuna, MLflow) where a higher LR always scores better: after the warm
+    start and a point at the band's top, the band extends up; the sweep prints it, later trials
+    sample the wider band, and the parent run records it."""
+    from tuning.seeding import OptimizerSeed
+
+    cfg = _local(dict(name="edge", task="tests.tuning.user_tasks:higher_lr_wins", model="linear", epochs=1,
+                      batch_size=50, optimizers=["adamw"], schedules=["one_cycle"],
+                      range_test=dict(num_iter=60, weight_decays=[0]),
+                      search=dict(num_samples=6, max_concurrent=1,
+                                  points_to_evaluate=[dict(optimizer="adamw", schedule="one_cycle", lr_shift=0.95),
+                                                      dict(optimizer="adamw", schedule="one_cycle", lr_shift=-0.1)]),
+                      stopping=dict(scheduler="none")), tmp_path)
+    assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
+    out = capsys.readouterr().out
+    client, parents, trials, _ = _runs(tmp_path, "edge")
+    seed = OptimizerSeed.from_dict(json.loads(read_artifact(client, parents[0].info.run_id, "seeds.json"))["adamw"])
+    lo, hi = seed.shifts
+    assert hi > 0.95 and "adamw's best trial so far" in out and "extended up" in out
+    study = optuna.load_study(study_name=parents[0].info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
+    highs = [t.distributions["lr_shift"].high for t in sorted(study.trials, key=lambda t: t.number)]
+    assert highs[:4] == pytest.approx([hi] * 4)  # the warm start's 2 and the 2 points: the range test's band
+    assert highs[-1] == pytest.approx(min(hi + search.Bands.STEP, math.log10(search.LR_RANGE[1] / seed.max_lr)))
+    events = json.loads(read_artifact(client, parents[0].info.run_id, "band_extensions.json"))
+    assert events[0]["side"] == "up" and events[0]["trial"] == 2  # the 0.95 point
+    assert client.get_run(parents[0].info.run_id).data.tags["lrtune.band.adamw"].startswith("max_lr ")
