@@ -15,7 +15,7 @@ side by side (interleaved per task and seed, so machine drift hits all):
   suggestion as max_lr of one 1-cycle training (fastai's fit_one_cycle defaults);
 - adam: Adam at 3e-4, constant, no decay, one training.
 
-Per task, method and budget (the first 4, 8, 16 trials in start order; 32 on cnn1d_plain): the
+Per task, method and budget (the first 4, 8, 16 trials in start order; 32 on tanh_deep): the
 best validation metric (each trial's last reported value; a trial stopped early counts with the
 value it was stopped at), mean ± std over search seeds; epochs trained; wall time. The single
 trainings (fastai, adam) have one value for every budget. Targets (issue 15) are checked and
@@ -52,7 +52,7 @@ from tuning.sweep import init_ray, run_sweep
 
 EPOCHS, BATCH = 10, 64
 BUDGETS = (4, 8, 16)
-LONG_TASK, LONG_BUDGET = "cnn1d_plain", 32
+LONG_TASK, LONG_BUDGET = "tanh_deep", 32
 SWEEPS = ("lrtune", "lrtune_blind", "handwritten", "random_asha")
 SINGLE = ("fastai", "adam")
 METHODS = SWEEPS + SINGLE

@@ -9,7 +9,9 @@ et al.; Ray's AsyncHyperBandScheduler) — at a rung, stop a trial that is not i
 - cyclic: at each cycle's end (LR back at base_lr);  sgdr: at each restart (LR at eta_min);
 - constant: at ASHA's own milestones (grace_period * reduction_factor**k epochs) — its LR is always
   at its "minimum", so these are fair, and there are as few as ASHA would have;
-  these three share their rungs: each trial there has its LR at a minimum;
+  these three share their rungs: each trial there has its LR at a minimum (a constant-LR trial is
+  at its minimum at every epoch, so each of its epochs is recorded for the others to be compared
+  with, while it is itself judged only at the milestones);
 - one_cycle: compared only with other 1-cycle trials at the same fraction of their budget (the
   same position in the cycle, the same LR relative to its peak), at ONE_CYCLE_FRACTIONS: half-way
   and three quarters, in its annealing phase. Not earlier: during the warm-up (the first 25 %) a
@@ -72,6 +74,14 @@ class ScheduleFairStopping(FIFOScheduler):
             return epoch in self.milestones()
         return bool(result.get("cycle_end"))
 
+    def comparable(self, config: dict, result: dict) -> bool:
+        """Whether this result is recorded for others to be compared with: every fair point, and
+        every epoch of a constant-LR trial (its LR is always at its minimum)."""
+        epoch = int(result.get("epoch", 0))
+        if config.get("schedule") == "constant":
+            return epoch >= 1 and not (self.max_epochs and epoch >= self.max_epochs)
+        return self.fair(config, result)
+
     def rung(self, config: dict, result: dict) -> tuple[str, float]:
         """Where a fair result is recorded and compared: 1-cycle trials among themselves at the
         same fraction of their budget; the others together (their LR is at a minimum)."""
@@ -84,7 +94,7 @@ class ScheduleFairStopping(FIFOScheduler):
         value = result.get(self._metric)
         if result.get("diverged") or value is None or not math.isfinite(value):
             return self._stop(trial)
-        if not self.fair(trial.config, result):
+        if not self.comparable(trial.config, result):
             return TrialScheduler.CONTINUE
         sign = 1.0 if self._mode == "max" else -1.0
         recorded = self.rungs[self.rung(trial.config, result)]
@@ -92,7 +102,7 @@ class ScheduleFairStopping(FIFOScheduler):
         others = [v for k, v in recorded.items() if k != trial.trial_id]
         cutoff = np.nanpercentile(others, (1 - 1 / self.reduction_factor) * 100) if others else None
         recorded[trial.trial_id] = sign * value
-        if cutoff is not None and sign * value < cutoff:
+        if self.fair(trial.config, result) and cutoff is not None and sign * value < cutoff:
             return self._stop(trial)
         return TrialScheduler.CONTINUE
 

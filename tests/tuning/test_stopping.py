@@ -54,8 +54,10 @@ def test_asha_kills_the_one_cycle_trial_that_ends_best_schedule_fair_does_not(cu
     # the same ASHA rule still prunes where the comparison is fair: constant LR at the milestones
     assert by_fair["constant-3e-4"] == by_asha["constant-3e-4"] == GRACE
     assert fair.milestones() == {3, 9}
-    assert set(fair.rungs) == {("at_minimum", 3 / EPOCHS), ("at_minimum", 9 / EPOCHS),
-                               ("one_cycle", ONE_CYCLE_FRACTIONS[0]), ("one_cycle", ONE_CYCLE_FRACTIONS[1])}
+    # constants are recorded at every epoch they ran (comparators), the 1-cycle trial at its fractions
+    assert {k for k in fair.rungs if k[0] == "one_cycle"} == {("one_cycle", f) for f in ONE_CYCLE_FRACTIONS}
+    assert {k for k in fair.rungs if k[0] == "at_minimum"} == {("at_minimum", round(e / EPOCHS, 6))
+                                                              for e in range(1, EPOCHS)}
 
 
 MAX_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
@@ -122,3 +124,20 @@ def test_bad_settings_are_named():
         ScheduleFairStopping("accuracy", "up")
     with pytest.raises(ValueError, match="reduction_factor > 1 \\(got 1\\)"):
         ScheduleFairStopping("accuracy", reduction_factor=1)
+
+
+def test_a_constant_lr_trial_is_a_comparator_at_every_epoch_but_judged_at_milestones():
+    """A constant LR is at its minimum at every epoch: its values are what a CLR or SGDR trial's
+    cycle end is compared with, whatever epoch that falls on; it is itself judged only at ASHA's
+    milestones."""
+    fair = ScheduleFairStopping("accuracy", "max", grace_period=1, reduction_factor=3, max_epochs=10)
+    strong = SimpleNamespace(trial_id="constant", config={"schedule": "constant", "epochs": 10})
+    for epoch in range(1, 11):
+        assert fair.on_trial_result(None, strong, dict(epoch=epoch, accuracy=0.5 + epoch / 100)) == "CONTINUE"
+    weak = SimpleNamespace(trial_id="weak", config={"schedule": "constant", "epochs": 10})
+    assert fair.on_trial_result(None, weak, dict(epoch=2, accuracy=0.1)) == "CONTINUE"  # 2: no milestone
+    assert fair.on_trial_result(None, weak, dict(epoch=3, accuracy=0.1)) == "STOP"  # 1, 3, 9
+    sgdr = SimpleNamespace(trial_id="sgdr", config={"schedule": "sgdr", "epochs": 10})
+    assert fair.on_trial_result(None, sgdr, dict(epoch=2, accuracy=0.1, cycle_end=True)) == "STOP"
+    one_cycle = SimpleNamespace(trial_id="oc", config={"schedule": "one_cycle", "epochs": 10})
+    assert fair.on_trial_result(None, one_cycle, dict(epoch=5, accuracy=0.1)) == "CONTINUE"  # not like it
