@@ -169,6 +169,27 @@ def summarise(parts: dict, seeds: list[int]) -> dict:
     return tasks
 
 
+def rule_distances(parts: dict, seeds: list[int]) -> dict:
+    """Per task and optimizer, per seed: log10(best 1-cycle max_lr any search found / lrtune's
+    suggestion), the rule's error on held-out tasks as the searches measured it (their best
+    1-cycle trial of that optimizer, over all four searches; SGD with L2 counts as sgdw)."""
+    out = {}
+    for task, by_seed in parts.items():
+        out[task] = {}
+        for opt in ("adamw", "sgdw"):
+            d = []
+            for s in seeds:
+                seed = by_seed[s]["lrtune"]["seeds"].get(opt)
+                found = [(v, c.get("max_lr") or c.get("lr")) for m in SWEEPS for c, v in
+                         zip(by_seed[s][m]["configs"], by_seed[s][m]["values"])
+                         if v is not None and c["schedule"] == "one_cycle"
+                         and {"sgd": "sgdw"}.get(c["optimizer"], c["optimizer"]) == opt]
+                if seed and found:
+                    d.append(math.log10(max(found)[1] / seed["max_lr"]))
+            out[task][opt] = d
+    return out
+
+
 def targets(tasks: dict) -> list[tuple[str, bool, str]]:
     """(target, met, measured) per issue 15's targets on search quality and epochs."""
     out = []
@@ -271,6 +292,10 @@ def main(argv=None):
     print()
     for name, met, measured in checks:
         print(f"{'met   ' if met else 'MISSED'}  {name}: {measured}")
+    distances = rule_distances(parts, seeds)
+    print("\nthe rule on held-out tasks: log10(best 1-cycle max_lr found / suggested max_lr), per seed")
+    print(table(["task", "adamw", "sgdw"], [[task] + [", ".join(f"{x:+.2f}" for x in d[o]) or "-" for o in ("adamw", "sgdw")]
+                                           for task, d in distances.items()]))
     ext = {task: sum(len(parts[task][s]["lrtune"]["extensions"]) for s in seeds) for task in tasks}
     print(f"\nband extensions (over {len(seeds)} seeds): {ext}; wall time {time.perf_counter() - t0:.0f} s")
     headline = {name: ("met: " if met else "missed: ") + measured for name, met, measured in checks}
@@ -282,6 +307,7 @@ def main(argv=None):
     finish("search_quality", args.quick,
            dict(epochs=EPOCHS, batch_size=BATCH, seeds=seeds, tasks=summary, headline=headline,
                 targets=[dict(target=a, met=b, measured=c) for a, b, c in checks], band_extensions=ext,
+                rule_distances=distances,
                 wall_s=time.perf_counter() - t0, parts=parts),
            figures=figures, params=dict(tasks=",".join(tasks), seeds=len(seeds)),
            metrics={f"{task}_lrtune_best16": float(np.mean(summary[task]["rows"]["lrtune"]["best"][

@@ -219,6 +219,15 @@ def test_healthy_model_ok_with_suggestion_and_spread(task, tmp_path):
     assert 1e-3 < s.max_lr < 10
     f = r.features
     assert f.log_lr_descent < f.log_lr_min < f.log_lr_edge
+    # the bounds the curve supports: medians over the repeats of where the descent has begun and
+    # of the divergence edge, around the suggestion
+    from schedules.range_test import features
+
+    feats = [features(c) for c in r.curves]
+    lo, hi = s.bounds
+    assert lo == pytest.approx(min(s.max_lr, 10 ** np.median([g.log_lr_descent for g in feats])))
+    assert hi == pytest.approx(10 ** np.median([g.log_lr_edge for g in feats]))
+    assert lo < s.max_lr < hi
     path = r.plot(str(tmp_path / "curve.png"))
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
