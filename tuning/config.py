@@ -32,9 +32,10 @@ class RangeTest(_Strict):
     end_lr: float = Field(10.0, gt=0)
     weight_decays: list[float] = Field(default_factory=lambda: [0.0, 1e-5, 1e-4, 1e-3], min_length=1)
     repeats: int = Field(1, ge=1)
-    # A test that refuses (diagnosis not ok) stops the sweep before any trial; "blind" goes on with
-    # the blind space for that optimizer instead.
-    on_refusal: Literal["stop", "blind"] = "stop"
+    # "stop": when every test refuses (diagnosis not ok), the sweep stops before any trial; an
+    # optimizer refused while another's test is ok is searched blind. "stop_any": any refusal
+    # stops. "blind": never stop, refused optimizers are searched blind.
+    on_refusal: Literal["stop", "stop_any", "blind"] = "stop"
 
     @field_validator("weight_decays")
     @classmethod

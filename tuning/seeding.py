@@ -55,7 +55,7 @@ class SeedingRefused(RuntimeError):
         lines = [f"{o.optimizer} weight_decay={o.weight_decay:g}: {o.status}: {o.message}" for o in refused]
         super().__init__("range test refused, no trial was started (the insurance check):\n  "
                          + "\n  ".join(lines) + "\nFix the model or data, or set "
-                         "range_test.on_refusal: blind to search those optimizers blind.")
+                         "range_test.on_refusal: blind to search them blind.")
 
 
 class RangeTestFailed(RuntimeError):
@@ -183,13 +183,18 @@ def run_range_tests(cfg: SweepConfig, model: str) -> list[RangeTestOutcome]:
 def seeds(outcomes: list[RangeTestOutcome], cfg: SweepConfig, train_size: int) -> dict[str, OptimizerSeed]:
     """The seeding rules (module docstring): one seed per optimizer whose tests suggested.
 
-    Refusals raise `SeedingRefused` unless `range_test.on_refusal` is "blind", in which case an
-    optimizer with no usable test gets no seed (its trials use the blind space)."""
+    The insurance check: when no test is ok, the model or data are suspect and `SeedingRefused`
+    is raised (unless `range_test.on_refusal` is "blind"). When some test is ok, the model and
+    data learn under that optimizer and decay, so a refusal says something about the other
+    optimizer (SGD on a plain deep net may not descend within the test's steps), not a bug: an
+    optimizer with no usable test gets no seed and its trials use the blind space (`describe`
+    says so); "stop_any" stops on any refusal instead."""
     failed = [o for o in outcomes if o.status == "error"]
     if failed:
         raise RangeTestFailed(failed)
     refused = [o for o in outcomes if not o.ok]
-    if refused and cfg.range_test.on_refusal == "stop":
+    policy = cfg.range_test.on_refusal
+    if refused and (policy == "stop_any" or (policy == "stop" and len(refused) == len(outcomes))):
         raise SeedingRefused(refused)
     # the effective batch of one optimizer step: batch_size x accumulate micro-batches
     scale = math.sqrt(cfg.batch_size * first(cfg.accumulate) / (train_size * cfg.epochs))
@@ -237,5 +242,7 @@ def describe(outcomes: list[RangeTestOutcome], seeds: dict[str, OptimizerSeed]) 
         lines.append(f"  seed {opt}: max_lr {s.max_lr:.3g}, searched {lo:.3g}..{hi:.3g}; chosen decay "
                      f"{s.weight_decay:g}; {band}")
     for opt in sorted({o.optimizer for o in outcomes} - set(seeds)):
-        lines.append(f"  {opt}: no usable range test, searched blind (range_test.on_refusal: blind)")
+        lines.append(f"  {opt}: no usable range test, searched blind (the other optimizers' tests show "
+                     f"the model and data learn; range_test.on_refusal: stop_any stops instead)"
+                     if seeds else f"  {opt}: no usable range test, searched blind (range_test.on_refusal: blind)")
     return "\n".join(lines)

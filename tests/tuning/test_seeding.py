@@ -64,12 +64,19 @@ def test_a_wide_spread_widens_the_tie_and_only_zero_tested_fixes_the_decay():
 
 def test_a_refusal_stops_or_goes_blind_as_configured():
     refused = [_outcome("adamw", 0, 0.05), _outcome("sgdw", 0, 0, status="no_descent")]
+    everything = [_outcome("adamw", 0, 0, status="no_descent"), _outcome("sgdw", 0, 0, status="no_descent")]
     cfg = parse(dict(optimizers=["adamw", "sgdw"]))
+    # the default: adamw's healthy curve shows the model and data learn; sgdw is searched blind
+    assert set(seeds(refused, cfg, TRAIN_SIZE)) == {"adamw"}
     with pytest.raises(SeedingRefused, match="sgdw weight_decay=0: no_descent: no_descent message") as e:
-        seeds(refused, cfg, TRAIN_SIZE)
+        seeds(everything, cfg, TRAIN_SIZE)  # every test refused: the model or data are suspect
     assert "range_test.on_refusal: blind" in str(e.value)
+    strict = parse(dict(optimizers=["adamw", "sgdw"], range_test=dict(on_refusal="stop_any")))
+    with pytest.raises(SeedingRefused, match="sgdw weight_decay=0: no_descent"):
+        seeds(refused, strict, TRAIN_SIZE)
     blind = parse(dict(optimizers=["adamw", "sgdw"], range_test=dict(on_refusal="blind")))
-    assert set(seeds(refused, blind, TRAIN_SIZE)) == {"adamw"}  # sgdw is searched blind
+    assert set(seeds(refused, blind, TRAIN_SIZE)) == {"adamw"}
+    assert seeds(everything, blind, TRAIN_SIZE) == {}
 
 
 def _config(s, **params):
