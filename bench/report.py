@@ -15,12 +15,13 @@ from bench.common import RESULTS
 
 BENCH = Path(__file__).parent
 ORDER = ("sanity", "clr", "sgdr", "adamw_vs_l2", "one_cycle", "suggestion", "workflows", "seeded_vs_blind",
-         "overhead")
+         "overhead", "short_trials")
 TITLES = {"sanity": "Range test as a sanity check", "clr": "Cyclical learning rates",
           "sgdr": "SGDR: warm restarts", "adamw_vs_l2": "AdamW vs Adam + L2",
           "one_cycle": "1-cycle super-convergence", "suggestion": "Range-test suggestion quality",
           "workflows": "Workflow comparison at equal compute", "seeded_vs_blind": "Seeded vs blind search",
-          "overhead": "Framework overhead and parallel throughput"}
+          "overhead": "Framework overhead and parallel throughput",
+          "short_trials": "Per-trial cost with many short trials"}
 
 
 def write(quick: bool = False) -> Path:
