@@ -14,13 +14,15 @@ from pathlib import Path
 from bench.common import RESULTS
 
 BENCH = Path(__file__).parent
-ORDER = ("search_quality", "sanity", "clr", "sgdr", "adamw_vs_l2", "one_cycle", "suggestion", "workflows", "seeded_vs_blind",
-         "overhead")
-TITLES = {"search_quality": "Search quality against the hand-written sweep", "sanity": "Range test as a sanity check", "clr": "Cyclical learning rates",
+ORDER = ("search_quality", "short_trials", "sanity", "clr", "sgdr", "adamw_vs_l2", "one_cycle", "suggestion",
+         "workflows", "seeded_vs_blind", "overhead")
+TITLES = {"search_quality": "Search quality against the hand-written sweep", "sanity": "Range test as a sanity check",
+          "clr": "Cyclical learning rates",
           "sgdr": "SGDR: warm restarts", "adamw_vs_l2": "AdamW vs Adam + L2",
           "one_cycle": "1-cycle super-convergence", "suggestion": "Range-test suggestion quality",
           "workflows": "Workflow comparison at equal compute", "seeded_vs_blind": "Seeded vs blind search",
-          "overhead": "Framework overhead and parallel throughput"}
+          "overhead": "Framework overhead and parallel throughput",
+          "short_trials": "Per-trial cost with many short trials"}
 
 
 def write(quick: bool = False) -> Path:

@@ -73,7 +73,9 @@ def train(config: dict) -> None:
             if reached is None and row.get(metric) is not None and better(row[metric], target):
                 reached = row["epoch"]
             row["epochs_to_target"] = reached if reached is not None else epochs + 1
-        # NaN weights are not worth a checkpoint; a loop that gives no state has none to save
+        # NaN weights are not worth a checkpoint; a loop that gives no state has none to save. The
+        # last epoch's stays even for short trials (a few ms here, and Tune's bookkeeping of it in the
+        # driver): it is the trial's trained model, the sweep's result for each trial.
         if row["diverged"] or make_checkpoint is None or (not done and time.monotonic() - saved_at < every_s):
             tune.report(row)
             return

@@ -23,9 +23,9 @@ from trainables.loops import form, micro_batches
 from trainables.tasks import load_task
 from trainables.trainable import train
 
-from . import preflight, search, seeding, tracking
+from . import preflight, search, seeding, stores, tracking
 from .config import ConfigError, SweepConfig
-from .plots import plot_schedule_in_ray
+from .plots import schedule_png_in_ray
 from .report import table
 from .stopping import ScheduleFairStopping
 
@@ -183,9 +183,10 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 in the environment brings it back.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     preflight.check(cfg, _abs(cfg.storage_path or "ray_results"), ray.nodes())  # before any run is written
+    stores.commit_without_waiting(cfg.tracking.mlflow_uri, cfg.tracking.optuna_storage)
     sweep = tracking.Sweep(cfg.tracking.mlflow_uri, cfg.tracking.experiment, name, cfg.model_dump(),
                            resume=resume, metric=info.metric, mode=info.mode)
-    trial_runs = tracking.TrialRuns(sweep, plot_schedule_in_ray)
+    trial_runs = tracking.TrialRuns(sweep, schedule_png_in_ray)
     status, ended = "FAILED", False
     t0, started_at = time.perf_counter(), time.time()
     try:

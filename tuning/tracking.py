@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 from mlflow.entities import Metric, Param, RunTag
+import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -31,6 +32,7 @@ NOT_METRICS = {"epoch", "diverged", "cycle_end", "status", "error", "timestamp",
                "iterations_since_restore", "experiment_tag"}
 HIDDEN = {"task", "data_dir", "threads", "gpu", "checkpoint_every_s"}  # constants logged once on the parent
 WORKFLOW_ARTIFACT = "workflow.yaml"  # each trial's re-runnable workflow (`lrtune export`, `lrtune train`)
+PLOT_ARTIFACT = "lr_schedule.png"  # each trial's LR and momentum per step (tuning.plots.plot_schedule)
 
 
 class Sweep:
@@ -49,10 +51,11 @@ class Sweep:
             if len(found) != 1:
                 raise RuntimeError(f"expected one MLflow parent run tagged lrtune.sweep={name!r} in "
                                    f"experiment {experiment!r} to resume, found {len(found)}")
-            self.run_id = found[0].info.run_id
+            self.run_id, self.resumed = found[0].info.run_id, True
             self.client.update_run(self.run_id, status="RUNNING")
             self.client.set_tag(self.run_id, "lrtune.resumed", "true")
             return
+        self.resumed = False
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={"lrtune.kind": "sweep", "lrtune.sweep": name,
                                            "lrtune.metric": metric, "lrtune.mode": mode})
@@ -120,14 +123,22 @@ class TrialRuns(tune.Callback):
 
     Every MLflow call runs, in order, on one background thread: Tune's trial loop (which each
     trial's synchronous `tune.report` waits on) only enqueues. `close()` waits for the queue and
-    re-raises the first logging error; the sweep calls it whatever happens. `plot_schedule` should
-    not draw in this process (the sweep's is drawn by a Ray actor): matplotlib holds the GIL while it
-    draws, which would stall Tune's loop, and the running trials with it, once per trial.
+    re-raises the first logging error; the sweep calls it whatever happens.
+
+    What a trial's run holds when it ends (status, epochs_run, workflow.yaml) is written before the
+    run is ended, in one job: `lrtune export` takes a FINISHED run's workflow.yaml. Its schedule
+    plot (lr_schedule.png) follows a moment later: `plot_schedule(trial config, steps_per_epoch)`
+    returns at once a Ray object that becomes the PNG's bytes (the sweep's is drawn by a Ray actor,
+    `tuning.plots.schedule_png_in_ray`), and the logging thread logs each plot once drawn, at its
+    next job, without waiting on it; `close()` waits for them all. Drawing is ~0.1 s of CPU: waited
+    on once per trial, it made the logging fall behind the trials, and drawn in this process it
+    would hold the GIL and stall Tune's loop, which every running trial's report waits on.
     """
 
     def __init__(self, sweep: Sweep, plot_schedule=None):
         self.sweep, self.client = sweep, sweep.client
-        self.plot_schedule = plot_schedule  # (trial config, path, steps_per_epoch) -> path
+        self.plot_schedule = plot_schedule  # (trial config, steps_per_epoch) -> Ray object of PNG bytes
+        self.plots: list[tuple[str, object]] = []  # (run id, its plot being drawn), logging thread only
         self.runs: dict[str, str] = {}  # touched on the logging thread only
         self.open: set[str] = set()  # runs not yet ended, likewise
         self.logged: dict[str, int] = {}  # trial id -> last epoch logged, likewise
@@ -137,20 +148,20 @@ class TrialRuns(tune.Callback):
 
     def __getstate__(self):  # Tune pickles callbacks with its experiment state; a pool cannot be
         state = dict(self.__dict__)
-        del state["_pool"], state["_pending"]
+        del state["_pool"], state["_pending"], state["plots"]
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtune-mlflow")
-        self._pending = []
+        self._pending, self.plots = [], []
 
     def later(self, fn, *args) -> None:
         """Run fn(*args) on the logging thread, after what is queued (errors surface in close())."""
         self._pending.append(self._pool.submit(fn, *args))
 
     def _run_id(self, trial_id: str, cfg: dict) -> str:
-        if trial_id not in self.runs:  # a resumed sweep may already have it
+        if trial_id not in self.runs and self.sweep.resumed:  # it may have the run already
             found = self.client.search_runs([self.sweep.experiment_id], max_results=1, filter_string=(
                 f"tags.`{PARENT_TAG}` = '{self.sweep.run_id}' and tags.`lrtune.trial_id` = '{trial_id}'"))
             if found:
@@ -215,12 +226,25 @@ class TrialRuns(tune.Callback):
         tags = [RunTag("status", status)] + ([RunTag("error", error[:5000])] if error else [])
         self.client.log_batch(run_id, tags=tags, metrics=[Metric("epochs_run", epochs, int(time.time() * 1000), 0)])
         self.client.log_text(run_id, yaml.safe_dump(workflow_of(cfg), sort_keys=False), WORKFLOW_ARTIFACT)
-        if self.plot_schedule is not None:
-            with tempfile.TemporaryDirectory() as d:
-                self.client.log_artifact(run_id, self.plot_schedule(cfg, str(Path(d) / "lr_schedule.png"),
-                                                                    cfg["steps_per_epoch"]))
         self.client.set_terminated(run_id, mlflow_status)
         self.open.discard(run_id)
+        if self.plot_schedule is not None:
+            self.plots.append((run_id, self.plot_schedule(cfg, cfg["steps_per_epoch"])))
+        self._log_plots(wait=False)
+
+    def _log_plots(self, wait: bool) -> None:
+        """Log the schedule plots drawn so far (`wait`: all of them, once drawn)."""
+        if not self.plots:
+            return
+        refs = [ref for _, ref in self.plots]
+        drawn, _ = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0, fetch_local=True)
+        drawn = set(drawn)
+        for run_id, ref in [p for p in self.plots if p[1] in drawn]:
+            with tempfile.TemporaryDirectory() as d:
+                path = Path(d) / PLOT_ARTIFACT
+                path.write_bytes(ray.get(ref))
+                self.client.log_artifact(run_id, str(path))
+        self.plots = [p for p in self.plots if p[1] not in drawn]
 
     def on_experiment_end(self, trials, **info):
         self.close()
@@ -261,6 +285,7 @@ class TrialRuns(tune.Callback):
     def close(self, abandoned: str | None = None) -> None:
         """Wait for the queued logging. With `abandoned` (the sweep's MLflow status, e.g. KILLED),
         also end the trial runs still open, tagged `stopped`, so that no run is left running."""
+        self.later(self._log_plots, True)
         pending, self._pending = self._pending, []
         errors = [f.exception() for f in pending if f.exception() is not None]
         if abandoned:

@@ -1,5 +1,8 @@
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tuning.tracking import Sweep, TrialRuns
@@ -29,3 +32,38 @@ def test_a_dying_sweep_leaves_no_trial_run_open(tmp_path):
     assert client.get_run(sweep.run_id).info.status == "KILLED"
     assert [m.step for m in client.get_metric_history(by_trial["a"].info.run_id, "accuracy")] == [1, 2]
     assert by_trial["a"].data.params["lr"] == "0.1"
+
+
+def test_each_trial_run_gets_its_schedule_plot_drawn_by_the_actor_after_it_ends(ray_session, tmp_path):
+    from tuning.plots import schedule_png_in_ray
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = Sweep(uri, "exp", "s-1", {"epochs": 2})
+    runs = TrialRuns(sweep, schedule_png_in_ray)
+    schedules = dict(a=dict(schedule="one_cycle", max_lr=0.1), b=dict(schedule="constant", lr=1e-3),
+                     c=dict(schedule="sgdr", lr=0.05, T_0=4, eta_min=1e-4))
+    for trial_id, s in schedules.items():
+        t = SimpleNamespace(trial_id=trial_id, config=dict(optimizer="sgdw", epochs=2, steps_per_epoch=4,
+                                                          weight_decay=0.0, **s))
+        runs.on_trial_start(0, [], t)
+        runs.on_trial_result(0, [], t, dict(epoch=2, accuracy=0.7, status="finished"))
+        runs.on_trial_complete(0, [], t)
+    runs.close()
+    sweep.end()
+
+    client = MlflowClient(uri)
+    for r in sweep.trial_runs():
+        assert r.info.status == "FINISHED"
+        assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["lr_schedule.png", "workflow.yaml"]
+        with tempfile.TemporaryDirectory() as d:
+            png = Path(client.download_artifacts(r.info.run_id, "lr_schedule.png", d)).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert runs.plots == []
+
+
+def test_log_ticks_are_1_2_5_over_narrow_ranges_and_at_most_7_decades_over_wide_ones():
+    from tuning.plots import _log_ticks
+
+    assert _log_ticks(1.5e-4, 4e-3) == pytest.approx([1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2])
+    assert _log_ticks(1e-9, 1e-4) == pytest.approx([1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4])
+    assert len(_log_ticks(1e-12, 1.0)) <= 7
