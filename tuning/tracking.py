@@ -15,9 +15,9 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import ray
 import yaml
 from mlflow.entities import Metric, Param, RunTag
-import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
