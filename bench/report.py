@@ -52,6 +52,12 @@ def section(name: str, payload: dict, prefix: str) -> str:
         lines += _aggregate(payload["aggregate"])
     if name == "search_quality" and payload.get("tasks"):
         lines += _search_tables(payload["tasks"])
+        if payload.get("rule_distances"):
+            lines += ["The suggestion rule on these held-out tasks: log10(best 1-cycle max_lr any search found / "
+                      "lrtune's suggested max_lr), per search seed (decades; the band reaches 1 decade each way):", "",
+                      "| task | adamw | sgdw |", "|---|---|---|"]
+            lines += [f"| {task} | " + " | ".join(", ".join(f"{x:+.2f}" for x in d[o]) or "-" for o in ("adamw", "sgdw"))
+                      + " |" for task, d in payload["rule_distances"].items()] + [""]
     for png in payload.get("plots", []):
         lines += [f"![{name}]({prefix}/{png})", ""]
     return "\n".join(lines)

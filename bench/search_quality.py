@@ -298,7 +298,7 @@ def main(argv=None):
                                            for task, d in distances.items()]))
     ext = {task: sum(len(parts[task][s]["lrtune"]["extensions"]) for s in seeds) for task in tasks}
     print(f"\nband extensions (over {len(seeds)} seeds): {ext}; wall time {time.perf_counter() - t0:.0f} s")
-    headline = {name: ("met: " if met else "missed: ") + measured for name, met, measured in checks}
+    headline = {name: ("met — " if met else "MISSED — ") + measured for name, met, measured in checks}
     for task, t in summary.items():
         n = t["budgets"][-1] if args.quick else 16
         headline[f"{task}: best of {n}, lrtune / handwritten / blind"] = " / ".join(
