@@ -24,6 +24,7 @@ def test_submit_script_runs_the_sweep_on_a_running_cluster_into_an_mlflow_server
     cfg = dict(name="submitted", task="digits", model="mlp", epochs=2, batch_size=100,
                optimizers=["adamw"], schedules=["one_cycle", "constant"],
                range_test=dict(num_iter=30, weight_decays=[0]), search=dict(num_samples=2, max_concurrent=2),
+               stopping=dict(scheduler="none"),  # both trials are 1-cycle: one may stop at half its 2 epochs
                tracking=dict(experiment="submitted", optuna_storage=f"sqlite:///{tmp_path}/optuna.db"),
                storage_path=str(tmp_path / "shared" / "ray_results"))
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))

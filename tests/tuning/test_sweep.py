@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from tuning import search
 from tuning.cli import main
 from tuning.config import ConfigError, load, parse
+from tuning.seeding import OptimizerSeed
 from tuning.tracking import read_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,9 +92,12 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
         for key in ("train_loss", "val_loss", "lr", "momentum", "epoch_time"):
             assert len(client.get_metric_history(t.info.run_id, key)) == 2, key
         assert [a.path for a in client.list_artifacts(t.info.run_id)] == ["lr_schedule.png", "workflow.yaml"]
-    # the four warm-start points of the first optimizer cover the four schedules, at its seed
-    assert {t.data.tags["schedule"] for t in trials} == {"one_cycle", "cyclic", "sgdr", "constant"}
-    assert all(float(t.data.params["lr_shift"]) == 0.0 for t in trials)
+    # the four warm-start points: 1-cycle for each optimizer at its seed, then in its band's larger half
+    seeds_ = {o: OptimizerSeed.from_dict(v) for o, v in seeds.items()}
+    starts = sorted((t.data.params["optimizer"], float(t.data.params["lr_shift"])) for t in trials)
+    assert {t.data.tags["schedule"] for t in trials} == {"one_cycle"}
+    assert starts == sorted([(o, 0.0) for o in ("adamw", "sgdw")] + [
+        (o, round((s.shifts[1] if s.shifts[1] >= -s.shifts[0] else s.shifts[0]) / 2, 3)) for o, s in seeds_.items()])
     assert max(t.data.metrics["accuracy"] for t in trials) > 0.8
     # the Optuna study is in the sqlite file, named after the sweep, for optuna-dashboard
     import optuna
@@ -488,8 +492,6 @@ def test_the_search_extends_a_band_whose_best_trial_sits_at_its_edge(ray_session
     """A real sweep (Ray, Optuna, MLflow) where a higher LR always scores better: after the warm
     start and a point at the band's top, the band extends up; the sweep prints it, later trials
     sample the wider band, and the parent run records it."""
-    from tuning.seeding import OptimizerSeed
-
     cfg = _local(dict(name="edge", task="tests.tuning.user_tasks:higher_lr_wins", model="linear", epochs=1,
                       batch_size=50, optimizers=["adamw"], schedules=["one_cycle"],
                       range_test=dict(num_iter=60, weight_decays=[0]),
