@@ -25,10 +25,10 @@ from ray.tune.search.optuna import OptunaSearch
 from schedules import sgdr_plans
 
 from .config import SweepConfig
-from .seeding import OptimizerSeed
+from .seeding import BLIND_LR, OptimizerSeed
 
 # The wide, blind ranges (no range test): LR 1e-5..1, weight decay 1e-6..1e-1.
-LR_RANGE = (1e-5, 1.0)
+LR_RANGE = BLIND_LR
 DECAY_RANGE = (1e-6, 1e-1)
 DECAY_SHIFT = (-0.5, 0.5)  # decades around the chosen decay's λ_norm: a one-decade band
 # Momentum (SGD) or beta1 (Adam family): Smith's 1-cycle range 0.95 -> 0.85, else about 0.9.
