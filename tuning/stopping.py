@@ -85,10 +85,8 @@ class ScheduleFairStopping(FIFOScheduler):
     def rung(self, config: dict, result: dict) -> tuple[str, float]:
         """Where a fair result is recorded and compared: 1-cycle trials among themselves at the
         same fraction of their budget; the others together (their LR is at a minimum)."""
-        epoch = int(result["epoch"])
-        if config.get("schedule") == "one_cycle":
-            return "one_cycle", round(epoch / (config.get("epochs") or self.max_epochs or epoch), 6)
-        return "at_minimum", round(epoch / (config.get("epochs") or self.max_epochs or 1), 6)
+        kind = "one_cycle" if config.get("schedule") == "one_cycle" else "at_minimum"
+        return kind, round(int(result["epoch"]) / (config.get("epochs") or self.max_epochs or 1), 6)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         value = result.get(self._metric)
