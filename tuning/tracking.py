@@ -18,6 +18,7 @@ from pathlib import Path
 import ray
 import yaml
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -309,16 +310,26 @@ class SweepView:
             raise ValueError(f"--experiment: no MLflow experiment {experiment!r} at {uri} (experiments "
                              f"there: {names})")
         self.experiment_id = exp.experiment_id
-        where = "tags.`lrtune.kind` = 'sweep'"
-        if sweep:
-            where += f" and (tags.`lrtune.sweep` = '{sweep}' or attributes.run_id = '{sweep}')"
-        found = client.search_runs([exp.experiment_id], filter_string=where, max_results=1,
-                                   order_by=["attributes.start_time DESC"])
+        # MLflow's filter grammar has no `or`: a parent run id is looked up directly, a name searched
+        found = [r for r in [self._parent_run(sweep)] if r is not None] if sweep else []
+        if not found:
+            where = "tags.`lrtune.kind` = 'sweep'" + (f" and tags.`lrtune.sweep` = '{sweep}'" if sweep else "")
+            found = client.search_runs([exp.experiment_id], filter_string=where, max_results=1,
+                                       order_by=["attributes.start_time DESC"])
         if not found:
             raise ValueError(f"--sweep: no lrtune sweep {sweep!r} in experiment {experiment!r}" if sweep else
                              f"--experiment: experiment {experiment!r} has no lrtune sweep runs")
         self.run = found[0]
         self.run_id, self.name, self.status = self.run.info.run_id, self.run.info.run_name, self.run.info.status
+
+    def _parent_run(self, run_id: str):
+        """The sweep's parent run with this id in this experiment, or None (not an id, or not one)."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        ok = run.info.experiment_id == self.experiment_id and run.data.tags.get("lrtune.kind") == "sweep"
+        return run if ok else None
 
     def _children(self, kind: str) -> list:
         return self.client.search_runs([self.experiment_id], max_results=10_000, filter_string=(
@@ -383,8 +394,6 @@ def read_artifact(client: MlflowClient, run_id: str, path: str) -> str:
 def exported_workflow(uri: str, run_id: str) -> tuple[dict, dict]:
     """A trial run's workflow (its workflow.yaml artifact) and where it came from. ValueError names
     what is wrong when the run is not a finished trial of an lrtune sweep."""
-    from mlflow.exceptions import MlflowException
-
     client = MlflowClient(tracking_uri=uri)
     try:
         run = client.get_run(run_id)

@@ -147,6 +147,13 @@ def test_report_ranks_the_trials_and_logs_the_plots_to_the_parent(smoke, capsys)
     with pytest.raises(SystemExit) as e:
         main(["report", "--experiment", "nope", "--tracking-uri", uri])
     assert e.value.code == 2 and "--experiment: no MLflow experiment 'nope'" in capsys.readouterr().err
+    # --sweep by the sweep's name and by its parent run id (MLflow's filter grammar has no `or`)
+    for which in (parents[0].info.run_name, parents[0].info.run_id):
+        assert main(["report", "--experiment", "smoke", "--tracking-uri", uri, "--sweep", which, "--no-plots"]) == 0
+        assert f"sweep {parents[0].info.run_name} (MLflow run {parents[0].info.run_id}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["report", "--experiment", "smoke", "--tracking-uri", uri, "--sweep", trials[0].info.run_id])
+    assert e.value.code == 2 and "--sweep: no lrtune sweep" in capsys.readouterr().err  # a trial is no sweep
 
 
 def test_seeds_in_lockstep_and_a_second_objective(ray_session, tmp_path, monkeypatch, capsys):
