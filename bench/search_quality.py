@@ -143,14 +143,11 @@ def run_pair(task: str, seed: int, trials: int) -> dict:
     return out
 
 
-def running_best(values: list, n: int) -> float:
-    """The best of the first n values (None: failed or non-finite), or -inf when none."""
-    done = [v for v in values[:n] if v is not None]
-    return max(done) if done else -math.inf
-
-
 def best_at(run: dict, n: int) -> float:
-    return running_best(run["values"], n)  # a single training: its one value at every budget
+    """The best of a run's first n trials (None: failed or non-finite), or -inf when none; a single
+    training has its one value at every budget."""
+    done = [v for v in run["values"][:n] if v is not None]
+    return max(done) if done else -math.inf
 
 
 def summarise(parts: dict, seeds: list[int]) -> dict:

@@ -11,7 +11,7 @@ lie); the absolute values (`lr`, `max_lr`, `weight_decay`, `lambda_norm`) go int
 config. `Bands` extends an LR band while the search runs when its best trial sits at an edge.
 Without a seed (blind mode, `search.seeded: false`) LR and decay are searched directly over the
 wide ranges. The warm start (`start_points`) runs the suggestions themselves and a point in the
-upper half of each band before the sampler takes over.
+larger side of each band before the sampler takes over.
 """
 
 from __future__ import annotations
@@ -220,6 +220,8 @@ def start_points(cfg: SweepConfig, micro_batches: int,
               [point(o, s, first, _larger_side(s) / 2) for o, s in seeded if _larger_side(s)]]
     rounds += [[point(o, s, schedule) for o, s in seeded] for schedule in others]
     return [p for r in rounds for p in r]
+
+
 def _larger_side(seed: OptimizerSeed) -> float:
     """The end of the band's larger side, in decades from the suggestion (a tie goes up)."""
     lo, hi = seed.shifts
