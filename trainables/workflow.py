@@ -182,6 +182,11 @@ def workflow_of(config: dict) -> dict:
     return {k: config[k] for k in WORKFLOW_KEYS if config.get(k) is not None}
 
 
+def peak_lr(workflow: dict) -> float:
+    """A workflow's highest LR whatever its schedule: max_lr (1-cycle, CLR) or lr (constant, SGDR)."""
+    return workflow.get("max_lr") or workflow["lr"]
+
+
 class Run:
     """One workflow in progress in lrtune's own loop: everything a checkpoint must hold to continue
     bit for bit (model, optimizer, schedule, GradScaler, the data-order generator, the global RNGs

@@ -87,7 +87,7 @@ def _export(args: argparse.Namespace) -> int:
               f"# re-run: lrtune train {args.output}\n")
     _write_atomically(args.output, header + yaml.safe_dump(workflow, sort_keys=False))
     print(f"wrote {args.output}: {workflow['optimizer']} + {workflow['schedule']}, {workflow['epochs']} epochs "
-          f"on {workflow['task']}/{workflow['model']}")
+          f"on {workflow['task']}" + (f"/{workflow['model']}" if workflow.get("model") else ""))
     return 0
 
 
@@ -189,8 +189,8 @@ def parser() -> argparse.ArgumentParser:
                     "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     ex.set_defaults(run=_export)
     rp = sub.add_parser("report", help="a sweep's ranked trials from MLflow; plots logged to its parent run")
-    rp.add_argument("--experiment", default="lrtune", help="MLflow experiment (the config's "
-                    "tracking.experiment; default lrtune)")
+    rp.add_argument("--experiment", default=None, help="MLflow experiment (the config's "
+                    "tracking.experiment; default: the one with the newest lrtune sweep)")
     rp.add_argument("--sweep", default=None, help="a sweep name or parent run id (default: the newest)")
     rp.add_argument("--top", type=int, default=10, help="rows to print (default 10)")
     rp.add_argument("--no-plots", action="store_true", help="print the table only")

@@ -15,26 +15,30 @@ from . import plots, search, tracking
 
 
 def table(rows: list[dict], metric: str, out=None, top: int | None = None) -> None:
-    """rows: dicts with metric, std (or None), epochs, status, optimizer, schedule, lr,
-    weight_decay and run_id, best first."""
+    """rows: dicts with metric (None for a trial that has none: it failed before its first epoch),
+    std (or None), epochs, status, optimizer, schedule, lr (the peak LR), weight_decay and run_id,
+    best first."""
     out = out or sys.stdout
     print(f"{'rank':>4}  {metric:>16}  {'epochs':>6}  {'status':9}  {'optimizer':9}  {'schedule':10}  "
-          f"{'lr / max_lr':>11}  {'weight_decay':>12}  mlflow run", file=out)
+          f"{'peak_lr':>11}  {'weight_decay':>12}  mlflow run", file=out)
     for i, r in enumerate(rows[:top] if top else rows, 1):
-        value = f"{r['metric']:.4f}" + (f" ± {r['std']:.4f}" if r.get("std") is not None else "")
+        value = ("-" if r["metric"] is None else f"{r['metric']:.4f}"
+                 + (f" ± {r['std']:.4f}" if r.get("std") is not None else ""))
         print(f"{i:>4}  {value:>16}  {r['epochs']:>6}  {r['status']:9}  {r['optimizer']:9}  {r['schedule']:10}  "
               f"{r['lr']:>11.3g}  {r['weight_decay']:>12.3g}  {r.get('run_id') or '-'}", file=out)
 
 
-def report(uri: str, experiment: str, sweep: str | None = None, top: int = 10, out=None,
+def report(uri: str, experiment: str | None, sweep: str | None = None, top: int = 10, out=None,
            plot: bool = True) -> dict:
-    """Print the ranked table of one sweep (the newest in `experiment` unless `sweep` names a parent
-    run id or sweep name) and log the plots to its parent run. Returns what was printed and logged."""
+    """Print the ranked table of one sweep (the newest in `experiment`, or in the whole store when
+    None, unless `sweep` names a parent run id or sweep name) and log the plots to its parent run.
+    Returns what was printed and logged."""
     out = out or sys.stdout
     view = tracking.SweepView(uri, experiment, sweep)
     rows, metric = view.ranked()
+    ended = {s: sum(r["status"] == s for r in rows) for s in tracking.STATUSES}
     print(f"sweep {view.name} (MLflow run {view.run_id}, {view.status}): {len(rows)} trials, "
-          f"{sum(r['status'] == 'finished' for r in rows)} finished", file=out)
+          + ", ".join(f"{v} {k}" for k, v in ended.items() if v), file=out)
     table(rows, metric, out, top)
     logged = []
     if plot:
@@ -44,8 +48,9 @@ def report(uri: str, experiment: str, sweep: str | None = None, top: int = 10, o
                 view.log_report_artifact(path)
             logged = [f"report/{Path(p).name}" for p in made]
         print(f"plots logged to run {view.run_id}: {', '.join(logged) or 'none'}", file=out)
-    print(f"export the best: lrtune export {rows[0]['run_id']} -o workflow.yaml --tracking-uri {uri}"
-          if rows else "no trials to export", file=out)
+    ranked = [r for r in rows if r["metric"] is not None and r["status"] != "failed"]
+    print(f"export the best: lrtune export {ranked[0]['run_id']} -o workflow.yaml --tracking-uri {uri}"
+          if ranked else "no trial has a result to export", file=out)
     return dict(name=view.name, run_id=view.run_id, metric=metric, rows=rows, artifacts=logged)
 
 

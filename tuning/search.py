@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from schedules import sgdr_plans
+from trainables.workflow import peak_lr
 
 from .config import SweepConfig
 from .seeding import BLIND_LR, OptimizerSeed
@@ -129,9 +131,11 @@ def _lr(trial, seed: OptimizerSeed | None, name: str, centre, band: tuple[float,
     return centre(seed) * 10 ** trial.suggest_float("lr_shift", *(band or seed.shifts))
 
 
-def _decay(trial, seed: OptimizerSeed | None) -> dict:
+def _decay(trial, seed: OptimizerSeed | None, decay_scale: float | None = None) -> dict:
+    """The absolute weight decay and its normalized λ_norm (weight_decay = λ_norm · decay_scale)."""
     if seed is None:
-        return dict(weight_decay=trial.suggest_float("weight_decay", *DECAY_RANGE, log=True))
+        wd = trial.suggest_float("weight_decay", *DECAY_RANGE, log=True)
+        return dict(weight_decay=wd, **({"lambda_norm": wd / decay_scale} if decay_scale else {}))
     if seed.lambda_band is None:
         return dict(weight_decay=0.0, lambda_norm=0.0)
     lo, hi = seed.lambda_band
@@ -176,9 +180,13 @@ def _fixed_or_searched(trial, name: str, value):
 
 
 def space(trial: optuna.Trial, cfg: SweepConfig, micro_batches: int, constants: dict,
-          seeds: dict[str, OptimizerSeed] | None = None, bands: Bands | None = None) -> dict:
+          seeds: dict[str, OptimizerSeed] | None = None, bands: Bands | None = None,
+          decay_scale: float | None = None) -> dict:
     """One trial's config. micro_batches: batches per epoch; an optimizer step takes `accumulate`.
-    bands: the LR bands as the search has moved them (default: the seeds' own)."""
+    bands: the LR bands as the search has moved them (default: the seeds' own). decay_scale:
+    sqrt(b / (B·T)), so that a blind trial's λ_norm is recorded beside its weight decay. Every
+    trial also gets `peak_lr`, its schedule's highest LR (max_lr or lr), the one LR that compares
+    across schedules (the MLflow column, the progress table)."""
     optimizer = trial.suggest_categorical("optimizer", cfg.optimizers)
     schedule = trial.suggest_categorical("schedule", cfg.schedules)
     accumulate = _fixed_or_searched(trial, "accumulate", cfg.accumulate)
@@ -186,9 +194,11 @@ def space(trial: optuna.Trial, cfg: SweepConfig, micro_batches: int, constants: 
     steps_per_epoch = micro_batches // accumulate
     seed = (seeds or {}).get(optimizer)
     band = bands.get(getattr(trial, "study", None), optimizer) if bands is not None and seed is not None else None
-    decay = _decay(trial, seed)
+    decay = _decay(trial, seed, decay_scale)
+    params = SPACES[schedule](trial, cfg, seed, steps_per_epoch, band)
     return dict(constants, accumulate=accumulate, grad_clip=grad_clip, steps_per_epoch=steps_per_epoch,
-                **decay, **SPACES[schedule](trial, cfg, seed, steps_per_epoch, band))
+                peak_lr=peak_lr(params), **decay, **params)
+
 
 
 def start_points(cfg: SweepConfig, micro_batches: int,
@@ -238,12 +248,54 @@ class _FinalValueSearch(OptunaSearch):
     """OptunaSearch that tells the study each trial's final value but skips Ray's per-epoch
     `trial.report`: that is one sqlite commit (~6 ms) in the driver's loop per epoch of every trial,
     while the trial waits, and nothing reads it — stopping is Tune's scheduler, not an Optuna pruner,
-    and the per-epoch curves are in MLflow."""
+    and the per-epoch curves are in MLflow.
+
+    For optuna-dashboard, the study's objectives carry the metrics' names, and each trial the
+    values a person reads (`ATTRS`: the absolute peak LR and decay, not only the shifts searched),
+    how it ended (`status`: finished, stopped early, diverged, failed — Optuna's own state is
+    COMPLETE for all but failed ones, since a stopped trial's value is real), Tune's trial id and
+    its MLflow run id (`run_id_of(Tune trial id)`, from the sweep's MLflow callback: Optuna refuses
+    attributes once a trial is told, so they are set just before)."""
+
+    ATTRS = ("peak_lr", "lr", "max_lr", "weight_decay", "lambda_norm")
+
+    def __init__(self, *args, run_id_of=None, **kwargs):
+        self.run_id_of = run_id_of
+        super().__init__(*args, **kwargs)
+
+    def __getstate__(self):  # Tune pickles the searcher with the Tuner; the hook stays with the driver
+        return dict(self.__dict__, run_id_of=None)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            self._configs[trial_id] = config
+        return config
+
+    def _setup_study(self, mode):
+        self._configs: dict[str, dict] = {}
+        super()._setup_study(mode)
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and what the dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names(self.metric if isinstance(self.metric, list) else [self.metric])
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and trial_id not in self._completed_trials:
+            config = self._configs.pop(trial_id, {})
+            status = "failed" if error or not result else {"running": "stopped"}.get(
+                result.get("status"), result.get("status", "finished"))
+            for k in self.ATTRS:
+                if isinstance(config.get(k), (int, float)):
+                    ot_trial.set_user_attr(k, float(config[k]))
+            ot_trial.set_user_attr("status", status)
+            ot_trial.set_user_attr("tune_trial_id", trial_id)
+            run_id = self.run_id_of(trial_id) if self.run_id_of is not None else None
+            if run_id:
+                ot_trial.set_user_attr("mlflow_run_id", run_id)
         if result and result.get("status") == "failed":  # the task's code raised: FAIL, not PRUNED
             result, error = None, True
         super().on_trial_complete(trial_id, result, error)
@@ -258,19 +310,34 @@ def objectives(cfg: SweepConfig, metric: str, mode: str = "max") -> tuple[list[s
 
 
 def searcher(cfg: SweepConfig, metric: str, mode: str, study_name: str, micro_batches: int,
-             constants: dict, seeds: dict[str, OptimizerSeed] | None = None, notify=None) -> OptunaSearch:
-    """notify(extensions): called when the search extends an LR band (`Bands`)."""
+             constants: dict, seeds: dict[str, OptimizerSeed] | None = None, notify=None,
+             decay_scale: float | None = None, run_id_of=None) -> OptunaSearch:
+    """notify(extensions): called when the search extends an LR band (`Bands`). decay_scale: see
+    `space`. run_id_of(Tune trial id): the trial's MLflow run id, for the Optuna trial's attributes."""
     sampler = (optuna.samplers.TPESampler(seed=cfg.search.seed) if cfg.search.algorithm == "optuna"
                else optuna.samplers.RandomSampler(seed=cfg.search.seed))
     storage = optuna.storages.RDBStorage(cfg.tracking.optuna_storage)
     metrics, modes = objectives(cfg, metric, mode)
     return _FinalValueSearch(
         space=functools.partial(space, cfg=cfg, micro_batches=micro_batches, constants=constants,
-                                seeds=seeds, bands=Bands(seeds, notify) if seeds else None),
+                                seeds=seeds, bands=Bands(seeds, notify) if seeds else None,
+                                decay_scale=decay_scale),
         metric=metrics if len(metrics) > 1 else metrics[0], mode=modes if len(modes) > 1 else modes[0],
-        sampler=sampler, storage=storage, study_name=study_name,
-        points_to_evaluate=(start_points(cfg, micro_batches, seeds)
-                            + [dict(p) for p in cfg.search.points_to_evaluate])[:cfg.search.num_samples])
+        sampler=sampler, storage=storage, study_name=study_name, run_id_of=run_id_of,
+        points_to_evaluate=_warm_start(cfg, start_points(cfg, micro_batches, seeds)))
+
+
+def _warm_start(cfg: SweepConfig, points: list[dict]) -> list[dict]:
+    """The range tests' start points, then the config's own, as many as `num_samples` allows; says
+    which are left out (the start points go round by round across the optimizers, so the first ones
+    try each optimizer's suggestion)."""
+    points = points + [dict(p) for p in cfg.search.points_to_evaluate]
+    n = cfg.search.num_samples
+    if n < len(points):
+        left = ", ".join(f"{p.get('optimizer', '?')}+{p.get('schedule', '?')}" for p in points[n:])
+        print(f"lrtune: warning: search.num_samples={n} runs {n} of the {len(points)} warm-start points; left "
+              f"out: {left} (raise num_samples to {len(points)} or more to try them all)", flush=True)
+    return points[:n]
 
 
 def plot_study(storage: str, study_name: str, metric: str, folder) -> list[str]:

@@ -172,12 +172,25 @@ def first(value):
     return value[0] if isinstance(value, list) else value
 
 
-def run_range_tests(cfg: SweepConfig, model: str) -> list[RangeTestOutcome]:
-    """All (optimizer x weight decay) range tests of a sweep, in parallel as Ray tasks."""
+def run_range_tests(cfg: SweepConfig, model: str, on_done=None) -> list[RangeTestOutcome]:
+    """All (optimizer x weight decay) range tests of a sweep, in parallel as Ray tasks, in that
+    order. on_done(outcome, finished so far, all): called as each test finishes."""
     remote = ray.remote(num_cpus=cfg.resources.cpu, num_gpus=cfg.resources.gpu, max_retries=1)(_one)
     s = settings(cfg, model)
     refs = [remote.remote(s, opt, wd) for opt in cfg.optimizers for wd in cfg.range_test.weight_decays]
-    return [RangeTestOutcome(**r) for r in ray.get(refs)]
+    outcomes, waiting = {}, list(refs)
+    while waiting:
+        done, waiting = ray.wait(waiting, num_returns=1)
+        outcomes[done[0]] = RangeTestOutcome(**ray.get(done[0]))
+        if on_done is not None:
+            on_done(outcomes[done[0]], len(outcomes), len(refs))
+    return [outcomes[r] for r in refs]
+
+
+def describe_outcome(o: RangeTestOutcome, finished: int, total: int) -> str:
+    """One line for a range test as it finishes."""
+    found = f"max_lr {o.max_lr:.3g}, lr {o.lr:.3g}" if o.ok else (o.message.splitlines() or [""])[0][:160]
+    return f"range test {finished}/{total}: {o.optimizer} weight_decay={o.weight_decay:g}: {o.status}, {found} ({o.seconds:.1f} s)"
 
 
 def seeds(outcomes: list[RangeTestOutcome], cfg: SweepConfig, train_size: int) -> dict[str, OptimizerSeed]:
@@ -196,8 +209,7 @@ def seeds(outcomes: list[RangeTestOutcome], cfg: SweepConfig, train_size: int) -
     policy = cfg.range_test.on_refusal
     if refused and (policy == "stop_any" or (policy == "stop" and len(refused) == len(outcomes))):
         raise SeedingRefused(refused)
-    # the effective batch of one optimizer step: batch_size x accumulate micro-batches
-    scale = math.sqrt(cfg.batch_size * first(cfg.accumulate) / (train_size * cfg.epochs))
+    scale = decay_scale(cfg, train_size)
     out = {}
     for optimizer in cfg.optimizers:
         ok = [o for o in outcomes if o.optimizer == optimizer and o.ok]
@@ -205,6 +217,12 @@ def seeds(outcomes: list[RangeTestOutcome], cfg: SweepConfig, train_size: int) -
             out[optimizer] = _seed(optimizer, ok, [o.weight_decay for o in outcomes
                                                    if o.optimizer == optimizer], scale)
     return out
+
+
+def decay_scale(cfg: SweepConfig, train_size: int) -> float:
+    """sqrt(b / (B·T)): weight_decay = λ_norm · decay_scale (Loshchilov & Hutter's normalized decay),
+    b the effective batch of one optimizer step (batch_size x accumulate micro-batches)."""
+    return math.sqrt(cfg.batch_size * first(cfg.accumulate) / (train_size * cfg.epochs))
 
 
 def _seed(optimizer: str, ok: list[RangeTestOutcome], tested: list[float], scale: float) -> OptimizerSeed:

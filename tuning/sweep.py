@@ -22,6 +22,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from trainables.loops import form, micro_batches
 from trainables.tasks import load_task
 from trainables.trainable import train
+from trainables.workflow import peak_lr, workflow_of
 
 from . import preflight, search, seeding, stores, tracking
 from .config import ConfigError, SweepConfig
@@ -50,7 +51,20 @@ class SweepResult:
         return sorted(done, key=lambda t: sign * t["result"][self.metric])[:n]
 
     def failed(self) -> list[dict]:
-        return [t for t in self.trials if t["result"].get("status") == "failed" or t.get("error")]
+        return [t for t in self.trials if trial_status(t) == "failed"]
+
+    def counts(self) -> dict[str, int]:
+        """Trials by how they ended: finished, stopped (early, by the scheduler), diverged, failed."""
+        ended = [trial_status(t) for t in self.trials]
+        return {s: ended.count(s) for s in tracking.STATUSES}
+
+
+def trial_status(trial: dict) -> str:
+    """How a trial ended (one of tracking.STATUSES): a trial whose last report was mid-budget was stopped."""
+    status = trial["result"].get("status")
+    if status == "failed" or trial.get("error"):
+        return "failed"
+    return status if status in ("finished", "diverged") else "stopped"
 
 
 @dataclass(frozen=True)
@@ -148,7 +162,11 @@ def seed_search(cfg: SweepConfig, info: TaskInfo, sweep: tracking.Sweep, later) 
     if logged is not None:
         return {k: seeding.OptimizerSeed.from_dict(v) for k, v in logged.items()}, 0.0
     t0 = time.perf_counter()
-    outcomes = seeding.run_range_tests(cfg, info.model)
+    print(f"lrtune: {len(cfg.optimizers) * len(cfg.range_test.weight_decays)} range tests (optimizers "
+          f"{', '.join(cfg.optimizers)} x weight decays {', '.join(f'{w:g}' for w in cfg.range_test.weight_decays)}) "
+          f"run as Ray tasks", flush=True)
+    outcomes = seeding.run_range_tests(cfg, info.model, on_done=lambda o, i, n: print(
+        seeding.describe_outcome(o, i, n), flush=True))
     settings = seeding.settings(cfg, info.model)
     for o in outcomes:
         later(sweep.log_range_test, o, settings)
@@ -203,12 +221,15 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                 tune_config=tune.TuneConfig(
                     search_alg=search.searcher(cfg, info.metric, info.mode, name, info.micro_batches, constants,
                                                seeds, notify=functools.partial(
-                                                   trial_runs.later, sweep.log_band_extensions)),
+                                                   trial_runs.later, sweep.log_band_extensions),
+                                               decay_scale=seeding.decay_scale(cfg, info.examples),
+                                               run_id_of=trial_runs.run_id_of),
                     scheduler=_scheduler(cfg, info.metric, info.mode),
                     num_samples=cfg.search.num_samples, max_concurrent_trials=cfg.search.max_concurrent,
                     reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
                 run_config=tune.RunConfig(
                     name=name, storage_path=_abs(cfg.storage_path or "ray_results"), verbose=verbose,
+                    progress_reporter=_progress(info.metric, info.mode, verbose),
                     stop=_last_epoch, callbacks=callbacks,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                     # retries a trial whose worker or node was lost; the task's own exceptions end
@@ -227,8 +248,8 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                              started_at, seeds, range_s, info.mode)
         best = result.best(1)
         status = "FINISHED" if best or len(result.failed()) < len(trials) else "FAILED"
-        sweep.end(status, best_metric=best[0]["result"][info.metric] if best else None,
-                  trials=len(trials), failed=len(result.failed()), wall_time=result.wall_time)
+        sweep.end(status, summary=summary(result), note=note(result, cfg, info),
+                  best=dict(run_id=best[0]["run_id"], workflow=workflow_of(best[0]["config"])) if best else None)
         ended = True
         if status == "FAILED":
             raise SweepFailed(f"all {len(trials)} trials failed; the first: {result.failed()[0]['error']}")
@@ -241,13 +262,68 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
             try:
                 trial_runs.close(abandoned=status)
             finally:
-                sweep.end(status)
+                sweep.end(status, note=f"lrtune sweep {name} ended {status} before it finished: "
+                                       f"`lrtune sweep <config> --resume` continues it.")
+
+
+def summary(result: SweepResult) -> dict:
+    """The numbers a sweep ends with (the parent run's metrics and summary.json)."""
+    m, best = result.metric, result.best(1)
+    out = {f"best_{m}": best[0]["result"][m] if best else None}
+    if best and best[0]["result"].get(f"{m}_std") is not None:
+        out[f"best_{m}_std"] = best[0]["result"][f"{m}_std"]
+    return dict(out, trials=len(result.trials), **{f"trials_{k}": v for k, v in result.counts().items()},
+                wall_time=result.wall_time, range_test_seconds=result.range_test_seconds)
+
+
+def note(result: SweepResult, cfg: SweepConfig, info: TaskInfo) -> str:
+    """The parent run's description (Markdown, shown by MLflow's UI): what ran, what the range tests
+    found, how the trials ended, the winner and how to re-run it."""
+    m, best = result.metric, result.best(1)
+    lines = [f"lrtune sweep **{result.name}**: {len(result.trials)} trials of {cfg.task}"
+             + (f"/{info.model}" if info.model else "") + f", {cfg.epochs} epochs each; optimizers "
+             f"{', '.join(cfg.optimizers)} x schedules {', '.join(cfg.schedules)}; search "
+             f"{cfg.search.algorithm}, {'seeded by range tests' if result.seeds else 'blind'}; "
+             f"early stopping {cfg.stopping.scheduler}; {result.wall_time:.0f} s.", ""]
+    for opt, s in (result.seeds or {}).items():
+        lo, hi = s.lr_band or (s.max_lr, s.max_lr)
+        lines.append(f"- range tests, {opt}: max_lr {s.max_lr:.3g} (searched {lo:.3g}..{hi:.3g}), "
+                     f"weight decay {s.weight_decay:g} chosen")
+    lines.append("- trials: " + ", ".join(f"{v} {k}" for k, v in result.counts().items()))
+    if best:
+        t = best[0]
+        std = t["result"].get(f"{m}_std")
+        lines += [f"- best: {m} **{t['result'][m]:.4g}**" + (f" ± {std:.2g}" if std is not None else "")
+                  + f": {t['config']['optimizer']} + {t['config']['schedule']}, peak_lr "
+                  f"{peak_lr(t['config']):.3g}, weight_decay {t['config'].get('weight_decay', 0):.3g} "
+                  f"(run {t.get('run_id')}, trial {t['trial_id']})", "",
+                  f"Re-run it: `lrtune export {t.get('run_id')} -o workflow.yaml --tracking-uri "
+                  f"{cfg.tracking.mlflow_uri}`, then `lrtune train workflow.yaml`."]
+    else:
+        lines.append("- no trial has a result")
+    return "\n".join(lines)
 
 
 def _history(result) -> list[dict]:
     """One trial's per-epoch results from Tune's own files (progress.csv)."""
     df = result.metrics_dataframe
     return [] if df is None else df.to_dict("records")
+
+
+def _progress(metric: str, mode: str, verbose: int):
+    """What the sweep shows while trials run. verbose 1: Ray Tune's trial table (its CLIReporter)
+    with lrtune's columns, best first, every 10 s; verbose 2: Ray Tune's newer output, a box per
+    trial's config and results; 0: nothing. Ray picks between its two outputs by the environment
+    variable RAY_AIR_NEW_OUTPUT, read when the run starts; it is set here for this sweep."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose >= 2 else "0"
+    if verbose != 1:
+        return None
+    return tune.CLIReporter(
+        metric_columns={"epoch": "epoch", metric: metric},
+        parameter_columns={"optimizer": "optimizer", "schedule": "schedule", "peak_lr": "peak_lr",
+                           "weight_decay": "weight_decay"},
+        metric=metric, mode=mode, sort_by_metric=True, max_progress_rows=12, max_error_rows=5,
+        max_report_frequency=10, print_intermediate_tables=True)
 
 
 def _scheduler(cfg: SweepConfig, metric: str, mode: str):
@@ -261,11 +337,12 @@ def print_summary(result: SweepResult, cfg: SweepConfig, out=None) -> None:
     out = out or sys.stdout
     m = result.metric
     failed = result.failed()
-    print(f"\nsweep {result.name}: {len(result.trials)} trials in {result.wall_time:.0f} s"
-          + (f", {len(failed)} failed" if failed else "") + f" (MLflow parent run {result.parent_run_id})", file=out)
+    print(f"\nsweep {result.name}: {len(result.trials)} trials in {result.wall_time:.0f} s ("
+          + ", ".join(f"{v} {k}" for k, v in result.counts().items() if v) + f"; MLflow parent run "
+          f"{result.parent_run_id})", file=out)
     rows = [dict(metric=t["result"][m], std=t["result"].get(f"{m}_std"), epochs=t["result"].get("epoch", 0),
-                 status=t["result"].get("status", "?"), optimizer=t["config"]["optimizer"],
-                 schedule=t["config"]["schedule"], lr=t["config"].get("max_lr") or t["config"].get("lr"),
+                 status=trial_status(t), optimizer=t["config"]["optimizer"],
+                 schedule=t["config"]["schedule"], lr=peak_lr(t["config"]),
                  weight_decay=t["config"]["weight_decay"], run_id=t.get("run_id")) for t in result.best(10)]
     table(rows, m, out)
     for t in failed:

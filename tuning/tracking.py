@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from trainables.workflow import workflow_of
+from trainables.workflow import peak_lr, workflow_of
 
 PARENT_TAG = "mlflow.parentRunId"
 # Keys of a trial's result that are bookkeeping, not metrics: Tune's own and lrtune's flags. Every
@@ -32,7 +32,16 @@ NOT_METRICS = {"epoch", "diverged", "cycle_end", "status", "error", "timestamp",
                "time_total_s", "pid", "hostname", "node_ip", "config", "time_since_restore",
                "iterations_since_restore", "experiment_tag"}
 HIDDEN = {"task", "data_dir", "threads", "gpu", "checkpoint_every_s"}  # constants logged once on the parent
+CONFIG_PREFIX = "config."  # the parent run's params: the sweep's config, apart from the trials' params
+BEST_PREFIX = "best."  # the parent run's params: the best trial's workflow
+# A trial's per-epoch `lr` and `momentum` are the last step's values: logged under these names, so
+# that they never share a name (and a column) with the workflow's `lr` param.
+RENAMED = {"lr": "schedule_lr", "momentum": "schedule_momentum"}
+# How a trial ended (its run's `status` tag): stopped is early, by the scheduler (or an interruption)
+STATUSES = ("finished", "stopped", "diverged", "failed")
 WORKFLOW_ARTIFACT = "workflow.yaml"  # each trial's re-runnable workflow (`lrtune export`, `lrtune train`)
+BEST_WORKFLOW_ARTIFACT = "best_workflow.yaml"  # the parent's copy of its best trial's workflow.yaml
+NOTE_TAG = "mlflow.note.content"  # what MLflow's UI shows as a run's description
 PLOT_ARTIFACT = "lr_schedule.png"  # each trial's LR and momentum per step (tuning.plots.plot_schedule)
 
 
@@ -48,7 +57,7 @@ class Sweep:
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
         if resume:
             found = self.client.search_runs([self.experiment_id], max_results=2, filter_string=(
-                f"tags.`lrtune.kind` = 'sweep' and tags.`lrtune.sweep` = '{name}'"))
+                f"tags.`lrtune.kind` = 'sweep' and tags.`lrtune.sweep` = {quoted(name)}"))
             if len(found) != 1:
                 raise RuntimeError(f"expected one MLflow parent run tagged lrtune.sweep={name!r} in "
                                    f"experiment {experiment!r} to resume, found {len(found)}")
@@ -61,7 +70,7 @@ class Sweep:
                                      tags={"lrtune.kind": "sweep", "lrtune.sweep": name,
                                            "lrtune.metric": metric, "lrtune.mode": mode})
         self.run_id = run.info.run_id
-        flat = _flatten(config)
+        flat = _flatten(config, CONFIG_PREFIX)
         self.client.log_batch(self.run_id, params=[Param(k, _short(v)) for k, v in flat.items()])
         self.client.log_text(self.run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
 
@@ -108,9 +117,29 @@ class Sweep:
             return None
         return json.loads(read_artifact(self.client, self.run_id, "seeds.json"))
 
-    def end(self, status: str = "FINISHED", **summary) -> None:
+    def end(self, status: str = "FINISHED", summary: dict | None = None, note: str | None = None,
+            best: dict | None = None) -> None:
+        """End the parent run as the sweep's summary. summary: numbers (best_<metric>, trial counts,
+        wall time), logged as summary.json and as metrics; best: the best trial (run_id, workflow),
+        as a `best_run_id` tag, `best.*` params (peak_lr, then the workflow's keys) and
+        best_workflow.yaml; note: MLflow's run description (the tag `mlflow.note.content`)."""
         if summary:
             self.client.log_dict(self.run_id, summary, "summary.json")
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[
+                Metric(k, float(v), now, 0) for k, v in summary.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)])
+        if best:
+            workflow = best["workflow"]
+            self.client.set_tag(self.run_id, "best_run_id", best["run_id"])
+            self.client.log_text(self.run_id, yaml.safe_dump(workflow, sort_keys=False), BEST_WORKFLOW_ARTIFACT)
+            # params are write-once: a resumed sweep that had ended keeps its first best.* params
+            # (its tag, note and best_workflow.yaml say the new best)
+            if not any(k.startswith(BEST_PREFIX) for k in self.client.get_run(self.run_id).data.params):
+                values = dict(peak_lr=peak_lr(workflow), **workflow)
+                self.client.log_batch(self.run_id, params=[Param(BEST_PREFIX + k, _short(v)) for k, v in values.items()])
+        if note:
+            self.client.set_tag(self.run_id, NOTE_TAG, note)
         self.client.set_terminated(self.run_id, status)
 
     def trial_runs(self) -> list:
@@ -146,16 +175,17 @@ class TrialRuns(tune.Callback):
         self.last: dict[str, dict] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtune-mlflow")
         self._pending: list[Future] = []
+        self._created: dict[str, Future] = {}  # trial id -> the creation of its run
 
     def __getstate__(self):  # Tune pickles callbacks with its experiment state; a pool cannot be
         state = dict(self.__dict__)
-        del state["_pool"], state["_pending"], state["plots"]
+        del state["_pool"], state["_pending"], state["plots"], state["_created"]
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtune-mlflow")
-        self._pending, self.plots = [], []
+        self._pending, self.plots, self._created = [], [], {}
 
     def later(self, fn, *args) -> None:
         """Run fn(*args) on the logging thread, after what is queued (errors surface in close())."""
@@ -184,6 +214,15 @@ class TrialRuns(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.later(self._run_id, trial.trial_id, dict(trial.config))
+        self._created[trial.trial_id] = self._pending[-1]
+
+    def run_id_of(self, trial_id: str, timeout: float = 60.0) -> str | None:
+        """A trial's MLflow run id, once the logging thread has created the run (None if it could not)."""
+        created = self._created.get(trial_id)
+        try:
+            return created.result(timeout) if created is not None else self.runs.get(trial_id)
+        except Exception:  # noqa: BLE001 - the logging error itself surfaces in close()
+            return None
 
     def on_trial_restore(self, iteration, trials, trial, **info):
         self.later(self._tag, trial.trial_id, dict(trial.config), "lrtune.restored")
@@ -299,36 +338,42 @@ class TrialRuns(tune.Callback):
 
 
 class SweepView:
-    """Read access to one sweep's runs, for `lrtune report`: the newest parent run of `experiment`,
-    or the one `sweep` names (a parent run id or a sweep name)."""
+    """Read access to one sweep's runs, for `lrtune report`: the newest sweep of `experiment` (of
+    the whole store when None), or the one `sweep` names (a parent run id or a sweep name)."""
 
-    def __init__(self, uri: str, experiment: str, sweep: str | None = None):
+    def __init__(self, uri: str, experiment: str | None, sweep: str | None = None):
+        require_store(uri)
         self.client = client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            names = ", ".join(e.name for e in client.search_experiments()) or "none"
-            raise ValueError(f"--experiment: no MLflow experiment {experiment!r} at {uri} (experiments "
-                             f"there: {names})")
-        self.experiment_id = exp.experiment_id
+        if experiment is None:
+            ids = [e.experiment_id for e in client.search_experiments()]
+        else:
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                names = ", ".join(e.name for e in client.search_experiments()) or "none"
+                raise ValueError(f"--experiment: no MLflow experiment {experiment!r} at {uri} (experiments "
+                                 f"there: {names})")
+            ids = [exp.experiment_id]
         # MLflow's filter grammar has no `or`: a parent run id is looked up directly, a name searched
-        found = [r for r in [self._parent_run(sweep)] if r is not None] if sweep else []
-        if not found:
-            where = "tags.`lrtune.kind` = 'sweep'" + (f" and tags.`lrtune.sweep` = '{sweep}'" if sweep else "")
-            found = client.search_runs([exp.experiment_id], filter_string=where, max_results=1,
+        found = [r for r in [self._parent_run(sweep, ids)] if r is not None] if sweep else []
+        if not found and ids:
+            where = "tags.`lrtune.kind` = 'sweep'" + (f" and tags.`lrtune.sweep` = {quoted(sweep)}" if sweep else "")
+            found = client.search_runs(ids, filter_string=where, max_results=1,
                                        order_by=["attributes.start_time DESC"])
+        where = f"experiment {experiment!r}" if experiment else f"any experiment at {uri}"
         if not found:
-            raise ValueError(f"--sweep: no lrtune sweep {sweep!r} in experiment {experiment!r}" if sweep else
-                             f"--experiment: experiment {experiment!r} has no lrtune sweep runs")
+            raise ValueError(f"--sweep: no lrtune sweep {sweep!r} in {where}" if sweep else
+                             f"--experiment: no lrtune sweep runs in {where}")
         self.run = found[0]
+        self.experiment_id = self.run.info.experiment_id
         self.run_id, self.name, self.status = self.run.info.run_id, self.run.info.run_name, self.run.info.status
 
-    def _parent_run(self, run_id: str):
-        """The sweep's parent run with this id in this experiment, or None (not an id, or not one)."""
+    def _parent_run(self, run_id: str, experiment_ids: list[str]):
+        """The sweep's parent run with this id in these experiments, or None (not an id, or not one)."""
         try:
             run = self.client.get_run(run_id)
         except MlflowException:
             return None
-        ok = run.info.experiment_id == self.experiment_id and run.data.tags.get("lrtune.kind") == "sweep"
+        ok = run.info.experiment_id in experiment_ids and run.data.tags.get("lrtune.kind") == "sweep"
         return run if ok else None
 
     def _children(self, kind: str) -> list:
@@ -344,7 +389,7 @@ class SweepView:
         rows = []
         for t in trials:
             p, m = t.data.params, t.data.metrics
-            lr = p.get("max_lr") or p.get("lr")
+            lr = p.get("peak_lr") or p.get("max_lr") or p.get("lr")  # peak_lr: sweeps since issue 16
             rows.append(dict(run_id=t.info.run_id, trial_id=t.data.tags.get("lrtune.trial_id"),
                              metric=m.get(metric), std=m.get(f"{metric}_std"),
                              epochs=int(m.get("epochs_run", 0)), status=t.data.tags.get("status", "?"),
@@ -366,16 +411,19 @@ class SweepView:
 
     def optuna_study(self) -> tuple[str, str]:
         """The Optuna storage and study name of this sweep."""
-        return self.run.data.params.get("tracking.optuna_storage", "sqlite:///optuna.db"), self.name
+        params = self.run.data.params
+        storage = params.get(f"{CONFIG_PREFIX}tracking.optuna_storage") or params.get("tracking.optuna_storage")
+        return storage or "sqlite:///optuna.db", self.name
 
     def log_report_artifact(self, path: str) -> None:
         self.client.log_artifact(self.run_id, path, "report")
 
 
 def _metrics(result: dict, now: int) -> list:
-    """The metrics of one epoch's result (every finite number but NOT_METRICS), at step = epoch."""
+    """The metrics of one epoch's result (every finite number but NOT_METRICS, `lr` and `momentum`
+    as RENAMED), at step = epoch."""
     step = int(result.get("epoch", result.get("training_iteration", 0)))
-    return [Metric(k, float(v), now, step) for k, v in sorted(result.items())
+    return [Metric(RENAMED.get(k, k), float(v), now, step) for k, v in sorted(result.items())
             if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
 
 
@@ -394,6 +442,7 @@ def read_artifact(client: MlflowClient, run_id: str, path: str) -> str:
 def exported_workflow(uri: str, run_id: str) -> tuple[dict, dict]:
     """A trial run's workflow (its workflow.yaml artifact) and where it came from. ValueError names
     what is wrong when the run is not a finished trial of an lrtune sweep."""
+    require_store(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
         run = client.get_run(run_id)
@@ -410,8 +459,31 @@ def exported_workflow(uri: str, run_id: str) -> tuple[dict, dict]:
     source = dict(run_id=run_id, run_name=run.info.run_name, status=run.data.tags.get("status"),
                   sweep_run_id=run.data.tags.get(PARENT_TAG),
                   metrics={k: v for k, v in run.data.metrics.items()
-                           if k not in ("epochs_run", "epoch_time", "lr", "momentum")})
+                           if k not in ("epochs_run", "epoch_time", *RENAMED, *RENAMED.values())})
     return workflow, source
+
+
+def require_store(uri: str) -> None:
+    """A local store (a sqlite file, a folder) must exist before it is read: MLflow would create an
+    empty one, which then has no runs. ValueError names --tracking-uri and where it looked."""
+    path = None
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+    elif uri.startswith("file:") or "://" not in uri:
+        path = Path(uri.removeprefix("file://").removeprefix("file:"))
+    if path is not None and not path.exists():
+        raise ValueError(f"--tracking-uri: no MLflow store at {uri} ({path.resolve()} does not exist); run "
+                         f"this in the folder the sweep ran in, or pass the sweep's tracking.mlflow_uri")
+
+
+def quoted(value: str) -> str:
+    """A string as a literal of MLflow's filter grammar, which has no escapes: in single quotes, or
+    in double quotes when it holds a single quote."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r} holds both quote characters, which MLflow's run search cannot match")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

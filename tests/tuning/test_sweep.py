@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -67,8 +68,11 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
     client, parents, trials, range_tests = _runs(tmp_path, "smoke")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
-    assert parent.data.params["epochs"] == "2" and parent.data.params["task"] == "digits"
-    assert {"config.yaml", "seeds.json", "summary.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # the config under one prefix, apart from the trials' params
+    assert parent.data.params["config.epochs"] == "2" and parent.data.params["config.task"] == "digits"
+    assert not {"epochs", "optimizers", "optimizer"} & set(parent.data.params)
+    assert {"config.yaml", "seeds.json", "summary.json", "best_workflow.yaml"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)}
     # one range test per optimizer x weight decay, nested under the sweep, with plot and curve
     assert sorted((r.data.tags["optimizer"], float(r.data.tags["weight_decay"])) for r in range_tests) == [
         ("adamw", 0.0), ("adamw", 1e-4), ("sgdw", 0.0), ("sgdw", 1e-4)]
@@ -89,8 +93,15 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
         assert t.data.tags["schedule"] == t.data.params["schedule"]
         history = client.get_metric_history(t.info.run_id, "accuracy")
         assert sorted(m.step for m in history) == [1, 2]
-        for key in ("train_loss", "val_loss", "lr", "momentum", "epoch_time"):
+        for key in ("train_loss", "val_loss", "schedule_lr", "schedule_momentum", "epoch_time"):
             assert len(client.get_metric_history(t.info.run_id, key)) == 2, key
+        assert not {"lr", "momentum"} & set(t.data.metrics)  # `lr` is the workflow's param only
+        # one peak LR column whatever the schedule, beside the absolute and normalized decay
+        p = t.data.params
+        assert float(p["peak_lr"]) == float(p.get("max_lr") or p["lr"]) > 0
+        assert float(p["weight_decay"]) == pytest.approx(float(p["lambda_norm"]) * seeds[p["optimizer"]]["decay_scale"])
+        # metrics as the numbers the task computed (float32 accuracies), not their float64 widening
+        assert repr(t.data.metrics["accuracy"]) == str(np.float32(t.data.metrics["accuracy"]))
         assert [a.path for a in client.list_artifacts(t.info.run_id)] == ["lr_schedule.png", "workflow.yaml"]
     # the four warm-start points: 1-cycle for each optimizer at its seed, then in its band's larger half
     seeds_ = {o: OptimizerSeed.from_dict(v) for o, v in seeds.items()}
@@ -99,6 +110,25 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
     assert starts == sorted([(o, 0.0) for o in ("adamw", "sgdw")] + [
         (o, round((s.shifts[1] if s.shifts[1] >= -s.shifts[0] else s.shifts[0]) / 2, 3)) for o, s in seeds_.items()])
     assert max(t.data.metrics["accuracy"] for t in trials) > 0.8
+    # the parent run is the sweep's summary: best metric and run, counts, the best workflow, a note
+    best = max(trials, key=lambda t: t.data.metrics["accuracy"])
+    assert parent.data.metrics["best_accuracy"] == best.data.metrics["accuracy"]
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.metrics["trials_finished"] == len(trials) and parent.data.metrics["trials_failed"] == 0
+    assert parent.data.params["best.peak_lr"] == best.data.params["peak_lr"]
+    assert parent.data.params["best.optimizer"] == best.data.params["optimizer"]
+    assert read_artifact(client, parent.info.run_id, "best_workflow.yaml") == read_artifact(
+        client, best.info.run_id, "workflow.yaml")
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith(f"lrtune sweep **{parent.info.run_name}**: 4 trials of digits/mlp, 2 epochs each")
+    assert "- trials: 4 finished, 0 stopped, 0 diverged, 0 failed" in note
+    assert f"best: accuracy **{best.data.metrics['accuracy']:.4g}**" in note and f"lrtune export {best.info.run_id}" in note
+    for opt in ("adamw", "sgdw"):
+        assert f"range tests, {opt}: max_lr {seeds[opt]['max_lr']:.3g}" in note
+    # the progress: a line per range test as it finishes; the short warm start said so
+    assert sorted(line.split(":")[0] for line in smoke.out.splitlines() if line.startswith("range test ")) == [
+        f"range test {i}/4" for i in range(1, 5)]
+    assert "search.num_samples=4 runs 4 of the 10 warm-start points" in smoke.out
     # the Optuna study is in the sqlite file, named after the sweep, for optuna-dashboard
     import optuna
     studies = optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/optuna.db")
@@ -106,6 +136,16 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
     study = optuna.load_study(study_name=studies[0].study_name, storage=f"sqlite:///{tmp_path}/optuna.db")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * len(trials)
     assert sorted(t.value for t in study.trials) == sorted(t.data.metrics["accuracy"] for t in trials)
+    # for optuna-dashboard: the objective's name, each trial's absolute values, status and MLflow run
+    assert study.metric_names == ["accuracy"]
+    runs = {t.info.run_id: t for t in trials}
+    for t in study.trials:
+        run = runs[t.user_attrs["mlflow_run_id"]]
+        assert t.user_attrs["tune_trial_id"] == run.data.tags["lrtune.trial_id"]
+        assert t.user_attrs["status"] == run.data.tags["status"] == "finished"
+        assert t.user_attrs["peak_lr"] == pytest.approx(float(run.data.params["peak_lr"]))
+        assert t.user_attrs["weight_decay"] == pytest.approx(float(run.data.params["weight_decay"]))
+        assert t.value == pytest.approx(run.data.metrics["accuracy"], abs=1e-7)
 
 
 def test_export_then_train_reproduces_the_trial(smoke, tmp_path, capsys):
@@ -154,6 +194,19 @@ def test_report_ranks_the_trials_and_logs_the_plots_to_the_parent(smoke, capsys)
     with pytest.raises(SystemExit) as e:
         main(["report", "--experiment", "smoke", "--tracking-uri", uri, "--sweep", trials[0].info.run_id])
     assert e.value.code == 2 and "--sweep: no lrtune sweep" in capsys.readouterr().err  # a trial is no sweep
+    # without --experiment: the newest lrtune sweep in the store
+    assert main(["report", "--tracking-uri", uri, "--no-plots"]) == 0
+    assert f"sweep {parents[0].info.run_name} (MLflow run {parents[0].info.run_id}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["report"], ["export", "0123abcd"]])
+def test_report_and_export_refuse_a_store_that_does_not_exist_and_create_none(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--tracking-uri", "sqlite:///mlflow.db"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--tracking-uri: no MLflow store at sqlite:///mlflow.db" in err
+    assert str(tmp_path / "mlflow.db") in err and list(tmp_path.iterdir()) == []
 
 
 def test_seeds_in_lockstep_and_a_second_objective(ray_session, tmp_path, monkeypatch, capsys):
@@ -519,3 +572,33 @@ def test_the_search_extends_a_band_whose_best_trial_sits_at_its_edge(ray_session
     events = json.loads(read_artifact(client, parents[0].info.run_id, "band_extensions.json"))
     assert events[0]["side"] == "up" and events[0]["trial"] == 2  # the 0.95 point
     assert client.get_run(parents[0].info.run_id).data.tags["lrtune.band.adamw"].startswith("max_lr ")
+
+
+def test_report_and_export_with_failed_trials_and_a_custom_metric(ray_session, tmp_path, monkeypatch, capsys):
+    """A user loop scored by `f1` whose SGDW trials raise before their first epoch: the sweep ends
+    FINISHED with the failures counted, `report` lists the failed trials last (no metric) and
+    points `export` at the best finished one, which exports with its f1."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _local(dict(name="f1", task="tests.tuning.user_tasks:fails_for_sgdw", epochs=2, batch_size=50,
+                      optimizers=["adamw", "sgdw"], schedules=["constant"], stopping=dict(scheduler="none"),
+                      search=dict(num_samples=4, seeded=False, points_to_evaluate=[
+                          dict(optimizer=o, schedule="constant", lr=lr, weight_decay=1e-4, momentum=0.9)
+                          for o, lr in (("adamw", 0.01), ("sgdw", 0.1), ("adamw", 0.02), ("sgdw", 0.2))])),
+                 tmp_path)
+    assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "4 trials in" in out and "2 finished, 2 failed" in out
+    client, (parent,), trials, _ = _runs(tmp_path, "f1")
+    finished = sorted((t for t in trials if t.data.tags["status"] == "finished"), key=lambda t: -t.data.metrics["f1"])
+    assert len(finished) == 2 and all(len(client.get_metric_history(t.info.run_id, "f1")) == 2 for t in finished)
+    assert parent.data.metrics["best_f1"] == finished[0].data.metrics["f1"] == pytest.approx(0.72)
+    assert parent.data.metrics["trials_failed"] == 2 and parent.data.tags["best_run_id"] == finished[0].info.run_id
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(["report", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line[:4].strip().isdigit()]
+    assert [r[-1] for r in rows[:2]] == [t.info.run_id for t in finished]
+    assert [(r[1], r[3]) for r in rows[2:]] == [("-", "failed")] * 2  # no metric, ranked last
+    assert "2 finished, 2 failed" in out and f"lrtune export {finished[0].info.run_id}" in out
+    assert main(["export", finished[0].info.run_id, "-o", str(tmp_path / "wf.yaml"), "--tracking-uri", uri]) == 0
+    assert "f1=0.72" in (tmp_path / "wf.yaml").read_text()

@@ -208,3 +208,18 @@ def higher_lr_wins() -> Task:
 
     return Task("higher_lr_wins", (x[:400], y[:400]), (x[400:], y[400:]), models={"linear": lambda: nn.Linear(4, 1)},
                 loss_fn=nn.functional.mse_loss, metric_name="score", train_fn=train)
+
+
+def fails_for_sgdw() -> Task:
+    """A user loop scored by `f1` that raises for SGDW before its first epoch and reports two
+    epochs for AdamW: a sweep with failed trials beside finished ones."""
+    x, y = _regression()
+
+    def train(workflow: dict, report) -> None:
+        if workflow["optimizer"] == "sgdw":
+            raise RuntimeError("sgdw is not supported by this loop")
+        for epoch in (1, 2):
+            report({"f1": 0.5 + 0.1 * epoch + workflow["lr"], "train_loss": 1.0 / epoch})
+
+    return Task("fails_for_sgdw", (x[:400], y[:400]), (x[400:], y[400:]), loss_fn=nn.functional.mse_loss,
+                metric_name="f1", train_fn=train)
