@@ -275,16 +275,30 @@ def _centred(y: np.ndarray, k: int) -> np.ndarray:
     return np.array([med[max(0, i - k):i + k + 1].mean() for i in range(n)])
 
 
+def _window(log_lrs: np.ndarray) -> int:
+    """The centred smoothing's half-width in points: a fifth of a decade, at least 2."""
+    per_decade = (len(log_lrs) - 1) / max(log_lrs[-1] - log_lrs[0], 1e-12)
+    return max(2, round(0.2 * per_decade))
+
+
+def centred_curve(lrs, losses) -> tuple[np.ndarray, np.ndarray]:
+    """The curve the rule reads (`features`, `suggest`): the finite losses with their LRs, the
+    losses smoothed by `_centred`. The plots draw this one, not the EMA that stops the sweep."""
+    lr, loss = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    ok = np.isfinite(loss)
+    if not ok.any():
+        return lr[ok], loss[ok]
+    return lr[ok], _centred(loss[ok], _window(np.log10(lr[ok])))
+
+
 def features(curve: Curve) -> Features | None:
-    lr = np.asarray(curve.lrs)
     loss = np.asarray(curve.raw_losses)
     ok = np.isfinite(loss)
     if ok.sum() < 5:
         return None
-    x, y = np.log10(lr[ok]), loss[ok]
-    per_decade = (len(x) - 1) / max(x[-1] - x[0], 1e-12)
-    k = max(2, round(0.2 * per_decade))
-    c = _centred(y, k)
+    lr, c = centred_curve(curve.lrs, curve.raw_losses)
+    x, y = np.log10(lr), loss[ok]
+    k = _window(x)
     head = max(3, len(c) // 20)
     start = float(np.median(y[:head]))
     i_min = int(np.argmin(c))

@@ -10,8 +10,9 @@ from pathlib import Path
 import ray
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
+from schedules.range_test import centred_curve
 from trainables.workflow import schedule_trace
 
 
@@ -78,44 +79,74 @@ def figure(size=(6, 3.6)) -> Figure:
     return fig
 
 
-def plot_learning_curves(curves: dict[str, list[tuple[int, float]]], metric: str, path: str) -> str:
-    """The validation metric per epoch of the best trial of each schedule."""
-    fig = figure()
+def plot_learning_curves(curves: list[tuple[dict, list[tuple[int, float]]]], metric: str, path: str) -> str:
+    """The validation metric per epoch of the best trial of each schedule. curves: (row, points),
+    a row as `SweepView.ranked` gives it (schedule, optimizer, lr: the peak LR, run_id), points
+    (epoch, value)."""
+    fig = figure((7, 4))
     ax = fig.add_subplot()
-    for schedule, points in sorted(curves.items()):
+    for row, points in sorted(curves, key=lambda c: c[0]["schedule"]):
         if points:
-            ax.plot([e for e, _ in points], [v for _, v in points], marker=".", label=schedule)
+            ax.plot([e for e, _ in points], [v for _, v in points], marker=".", label=curve_label(row))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"validation {metric}")
     ax.set_title("best trial of each schedule")
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
 
 
-def plot_range_tests(tests: list[dict], path: str) -> str:
-    """The range tests side by side, one panel per optimizer, one curve per weight decay (raw loss,
-    gaps where it was not finite), the suggested max_lr dashed."""
+def curve_label(row: dict) -> str:
+    """A trial as the legends name it: schedule, optimizer, peak LR and the MLflow run (its first 8
+    characters, enough to find it in `lrtune report`'s table)."""
+    return f"{row['schedule']}: {row['optimizer']}, peak LR {row['lr']:.1e}, run {(row.get('run_id') or '-')[:8]}"
+
+
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def plot_range_tests(tests: list[dict], path: str, chosen: dict[str, float] | None = None) -> str:
+    """The range tests side by side, one panel per optimizer, one curve per weight decay: the
+    centred loss the suggestion rule reads (schedules.range_test.centred_curve). Curves that
+    coincide stay apart by line style and by markers at staggered points; each suggested max_lr is a
+    vertical line in its curve's style with a ▼ at its own height; chosen: optimizer -> the decay
+    the seeding chose (seeds.json), drawn thick and named so in the legend."""
     optimizers = sorted({t["optimizer"] for t in tests})
-    fig = figure((4.2 * len(optimizers), 3.6))
+    chosen = chosen or {}
+    fig = figure((5.2 * len(optimizers), 5))
     for i, opt in enumerate(optimizers):
         ax = fig.add_subplot(1, len(optimizers), i + 1)
-        for j, t in enumerate(x for x in tests if x["optimizer"] == opt):
-            losses = [float("nan") if v is None else v for v in t["raw_losses"]]
-            ax.plot(t["lrs"][:len(losses)], losses, color=f"C{j}", lw=1,
-                    label=f"wd={t['weight_decay']:g} ({t['status']})")
+        mine = [t for t in tests if t["optimizer"] == opt]
+        tops, lows = [], []
+        for j, t in enumerate(mine):
+            lrs, loss = centred_curve(t["lrs"], [math.nan if v is None else v for v in t["raw_losses"]])
+            style = dict(color=f"C{j}", ls=LINESTYLES[j % len(LINESTYLES)])
+            is_chosen = t["weight_decay"] == chosen.get(opt)
+            every = max(1, len(lrs) // 8)
+            label = f"wd={t['weight_decay']:g}: " + (f"max_lr {t['max_lr']:.2g}" if t.get("max_lr") else t["status"])
+            ax.plot(lrs, loss, lw=2.6 if is_chosen else 1.2, marker=MARKERS[j % len(MARKERS)], ms=4,
+                    markevery=(j * every // len(mine), every), label=label + (" (chosen)" if is_chosen else ""),
+                    zorder=3 if is_chosen else 2, **style)
             if t.get("max_lr"):
-                ax.axvline(t["max_lr"], color=f"C{j}", ls="--", lw=1)
-        finite = [v for t in tests if t["optimizer"] == opt for v in t["raw_losses"] if v is not None]
-        if finite:
-            ax.set_ylim(min(finite) * 0.9, min(max(finite), 3 * finite[0]) * 1.1)
+                ax.axvline(t["max_lr"], lw=1, alpha=0.8, **style)
+                ax.plot([t["max_lr"]], [0.97 - 0.05 * j], marker="v", color=style["color"], ms=7,
+                        transform=ax.get_xaxis_transform(), clip_on=False)
+            if len(loss):
+                tops.append(min(loss.max(), 1.6 * loss[0]))
+                lows.append(loss.min())
+        if lows:
+            lo, hi = min(lows), max(tops)
+            ax.set_ylim(lo - 0.05 * abs(lo), hi + 0.05 * abs(hi))
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
-        ax.set_ylabel("loss")
-        ax.set_title(f"{opt}: range tests (dashed: suggested max_lr)", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_ylabel("loss (centred, as the rule reads it)")
+        ax.set_title(f"{opt}: range tests (▼ suggested max_lr)", fontsize=9)
+        ax.grid(alpha=0.25)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path

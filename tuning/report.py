@@ -59,15 +59,16 @@ def _plots(view, rows: list[dict], metric: str, d: Path, out) -> list[str]:
     best = {}
     for r in rows:  # rows are best first: the first of each schedule is its best
         best.setdefault(r["schedule"], r)
-    curves = {s: view.history(r["run_id"], metric) for s, r in best.items()}
-    if any(curves.values()):
+    curves = [(r, view.history(r["run_id"], metric)) for r in best.values()]
+    if any(points for _, points in curves):
         made.append(plots.plot_learning_curves(curves, metric, str(d / "learning_curves.png")))
     tests = view.range_tests()
     if tests:
-        made.append(plots.plot_range_tests(tests, str(d / "range_tests.png")))
+        chosen = {opt: s["weight_decay"] for opt, s in view.seeds().items()}
+        made.append(plots.plot_range_tests(tests, str(d / "range_tests.png"), chosen))
     storage, study_name = view.optuna_study()
     try:
-        made += search.plot_study(storage, study_name, metric, d)
-    except Exception as e:  # noqa: BLE001 - Optuna's plots refuse small or odd studies in many ways
+        made += search.plot_study(storage, study_name, metric, d, out)
+    except Exception as e:  # noqa: BLE001 - the study itself unreadable (storage moved, another Optuna)
         print(f"(Optuna plots skipped: {type(e).__name__}: {e})", file=out)
     return made

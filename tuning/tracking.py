@@ -409,6 +409,13 @@ class SweepView:
             out.append(dict(curve, optimizer=r.data.tags["optimizer"], weight_decay=float(r.data.tags["weight_decay"])))
         return sorted(out, key=lambda c: (c["optimizer"], c["weight_decay"]))
 
+    def seeds(self) -> dict[str, dict]:
+        """The sweep's seeds (`seeds.json`: optimizer -> OptimizerSeed.to_dict()); {} when it logged
+        none (a blind sweep)."""
+        if "seeds.json" not in [a.path for a in self.client.list_artifacts(self.run_id)]:
+            return {}
+        return json.loads(read_artifact(self.client, self.run_id, "seeds.json"))
+
     def optuna_study(self) -> tuple[str, str]:
         """The Optuna storage and study name of this sweep."""
         params = self.run.data.params

@@ -495,3 +495,33 @@ def test_baseline_off_and_other_batch_structures_are_not_checked(task):
     r = range_test(model, opt, nn.functional.cross_entropy, dicts,
                    step_fn=lambda m, o, loss_fn, b: default_step(m, o, loss_fn, (b["x"], b["y"])))
     assert r.baseline is None and r.diagnosis.status != "no_signal"
+
+
+def test_plot_draws_the_curve_the_rule_reads_and_marks_edge_descent_and_suggestion():
+    from schedules._plot import range_test_figure
+    from schedules.range_test import centred_curve
+
+    m, o = _linear_and_sgd()
+    r = range_test(m, o, None, BATCHES, num_iter=200, smooth=0.9, step_fn=FakeStep(_synthetic_curve))
+    f, s = r.features, r.suggestion
+    lrs, centred = centred_curve(r.raw_lrs, r.raw_losses)
+    # the rule's features are read off this curve: its minimum, and the first LR past it above the start
+    assert math.log10(lrs[np.argmin(centred)]) == f.log_lr_min
+    assert math.log10(lrs[np.argmin(centred) + np.nonzero(centred[np.argmin(centred):] > f.start_loss)[0][0]]) \
+        == f.log_lr_edge
+    ax = range_test_figure(r).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    curve = lines["loss, centred (what the rule reads)"]
+    assert list(curve.get_xdata()) == list(lrs) and list(curve.get_ydata()) == list(centred)
+    assert not any("smoothed" in label for label in lines)  # the sweep's lagging EMA is not drawn
+
+    def at(prefix):
+        (line,) = [v for k, v in lines.items() if k.startswith(prefix)]
+        return line.get_xdata()[0]
+
+    assert at("divergence edge") == pytest.approx(s.bounds[1]) == pytest.approx(10 ** f.log_lr_edge)
+    assert (at("suggested max_lr"), at("suggested lr")) == (pytest.approx(s.max_lr), pytest.approx(s.lr))
+    # the descent region runs from where the descent has begun to the minimum of the same curve
+    (descent,) = [p for p in ax.patches if p.get_label().startswith("descent")]
+    x0, x1 = descent.get_x(), descent.get_x() + descent.get_width()
+    assert (x0, x1) == (pytest.approx(10 ** f.log_lr_descent), pytest.approx(10 ** f.log_lr_min))
