@@ -30,3 +30,15 @@ def test_the_readme_task_example_runs_as_written(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "sweep sines-" in proc.stdout and "range tests (the search is seeded from these)" in proc.stdout
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "optuna.db").is_file()
+    # then the README's commands in that folder, as it writes them: report, export (the command the
+    # report prints), train
+    commands = _block(readme, "mlflow ui --backend-store-uri")
+    assert "\nlrtune report   " in commands and "\nlrtune export RUN_ID -o workflow.yaml" in commands
+    report = subprocess.run([lrtune, "report"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    export = re.search(r"lrtune export (\w+) -o workflow.yaml", report.stdout)
+    assert export and "plots logged to run" in report.stdout, report.stdout
+    for argv in (["export", export.group(1), "-o", "workflow.yaml"], ["train", "workflow.yaml"]):
+        proc = subprocess.run([lrtune, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "finished:" in proc.stdout
