@@ -57,8 +57,10 @@ def _checkpoint(trainer) -> dict:
         return dict(lightning=path.read_bytes())
 
 
-def fit(task, workflow: dict, report) -> None:
-    """Train `workflow` with the task's LightningModule and Lightning's Trainer."""
+def fit(task, workflow: dict, report):
+    """Train `workflow` with the task's LightningModule and Lightning's Trainer; returns the trained
+    module as a fresh instance with the trained weights (the one trained holds lrtune's optimizer
+    and schedule and the Trainer, which a saved model should not carry)."""
     device = report.device
     seed_everything(int(workflow.get("seed", 0)))
     module = task.models[workflow["model"]]()
@@ -92,3 +94,6 @@ def fit(task, workflow: dict, report) -> None:
         finally:
             for q, level in zip(quiet, levels):
                 q.setLevel(level)
+    trained = task.models[workflow["model"]]()
+    trained.load_state_dict(module.state_dict())
+    return trained

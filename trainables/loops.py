@@ -4,7 +4,7 @@
 Three loops: lrtune's own (`Run`/`Replicas` over the task's data and step), a LightningModule's
 Trainer (`trainables.lightning`), and the task's own `train_fn(workflow, report)`. What `report`
 does with a row is its sink's: the Ray Tune trainable reports it to Tune and checkpoints `state`
-when one is due; `run_workflow` (`lrtune train`) collects the rows. A loop of your own resumes from
+when one is due; `train_workflow` (`lrtune train`) collects the rows. A loop of your own resumes from
 `report.restored` the way a Ray Tune function trainable resumes from `tune.get_checkpoint()`:
 
     def train_fn(workflow, report):
@@ -21,11 +21,13 @@ when one is due; `run_workflow` (`lrtune train`) collects the rows. A loop of yo
 
 from __future__ import annotations
 
+import io
 import math
 from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from .data import rng_state, seed_everything, set_rng_state
 from .tasks import Task, _float, is_lightning
@@ -123,14 +125,17 @@ def micro_batches(task: Task, model_name: str | None, batch_size: int) -> tuple[
     return task.micro_batches(batch_size, model=probe), task.examples(batch_size, model=probe)
 
 
-def run_loop(task: Task, workflow: dict, report: Report) -> None:
+def run_loop(task: Task, workflow: dict, report: Report) -> nn.Module | None:
     """Train one workflow with the task's loop, reporting each epoch through `report`; returns at
-    the end (or when the loop stops itself: a diverged row, a stopped trial)."""
+    the end (or when the loop stops itself: a diverged row, a stopped trial) the trained model: the
+    first seed's with `seeds` > 1, a LightningModule for Lightning (None when it diverged: the
+    Trainer unwinds), None for a `train_fn` (its model is its own)."""
     loop = form(task, workflow.get("model"))
     seeds = int(workflow.get("seeds", 1))
     if loop != "lrtune" and seeds > 1:
         raise ValueError(f"seeds: {seeds} copies in lockstep need lrtune's own loop; task {task.name!r} "
                          f"brings its own ({loop})")
+    model = None
     try:
         if loop == "train_fn":
             seed_everything(int(workflow.get("seed", 0)))
@@ -138,21 +143,45 @@ def run_loop(task: Task, workflow: dict, report: Report) -> None:
         elif loop == "lightning":
             from .lightning import fit
 
-            fit(task, workflow, report)
+            model = fit(task, workflow, report)
         else:
             run = Replicas(task, workflow, report.device, seeds)
+            model = run.runs[0].model
             if report.restored is not None:
                 run.load_state_dict(report.restored)
             while not run.done:
                 report(run.train_epoch(), state=run.state_dict)
     except StopTrial:
         pass
+    return model
+
+
+def model_from_checkpoint(task: Task, workflow: dict, checkpoint: dict) -> nn.Module | None:
+    """The model a loop's checkpoint (what `Report` hands its sink: state, epoch, rng) holds, built
+    from the task and loaded with the checkpoint's weights, on the CPU; None for a `train_fn`
+    (its state is its own) or a checkpoint without state."""
+    loop, state = form(task, workflow.get("model")), checkpoint.get("state")
+    if loop == "train_fn" or state is None:
+        return None
+    model = task.models[workflow["model"]]()
+    if loop == "lightning":
+        weights = torch.load(io.BytesIO(state["lightning"]), map_location="cpu", weights_only=False)["state_dict"]
+    else:
+        weights = state["replicas"][0]["model"]  # Replicas.state_dict: the first seed's, as run_loop returns
+    model.load_state_dict(weights)
+    return model.cpu()
 
 
 def run_workflow(task: Task, workflow: dict, device: torch.device | str = "cpu",
                  on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train one workflow from scratch, outside Ray (`lrtune train`), with the task's loop; one
-    metrics dict per epoch, until the last epoch or divergence."""
+    """Train one workflow from scratch, outside Ray, with the task's loop; one metrics dict per
+    epoch, until the last epoch or divergence."""
+    return train_workflow(task, workflow, device, on_epoch)[0]
+
+
+def train_workflow(task: Task, workflow: dict, device: torch.device | str = "cpu",
+                   on_epoch: Callable[[dict], None] | None = None) -> tuple[list[dict], nn.Module | None]:
+    """`run_workflow` and the trained model (`run_loop`'s: None for a `train_fn`): `lrtune train`."""
     history = []
 
     def collect(row: dict, checkpoint) -> None:
@@ -162,5 +191,5 @@ def run_workflow(task: Task, workflow: dict, device: torch.device | str = "cpu",
 
     micro, _ = micro_batches(task, workflow.get("model"), int(workflow["batch_size"]))
     spe = micro // int(workflow.get("accumulate") or 1)
-    run_loop(task, workflow, Report(collect, task, workflow, spe, device))
-    return history
+    model = run_loop(task, workflow, Report(collect, task, workflow, spe, device))
+    return history, model

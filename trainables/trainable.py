@@ -4,8 +4,8 @@ epoch that ends `checkpoint_every_s` seconds or more after its previous checkpoi
 epoch); a restarted trial continues from its last checkpoint (or its start, if it had none) and
 re-reports the epochs since. An exception raised by the task's code ends the trial with a last
 result `status: failed` that carries the error and where it was raised: Tune retries only trials
-whose worker or node was lost, never a deterministic failure. The only module of trainables/ that
-touches Ray.
+whose worker or node was lost, never a deterministic failure. `trained_model` reads a trial's
+model back from its checkpoint. The only module of trainables/ that touches Ray.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import traceback
 import torch
 from ray import tune
 
-from .loops import Report, run_loop
+from .loops import Report, model_from_checkpoint, run_loop
 from .tasks import load_task, where
 
 CHECKPOINT_FILE = "run.pt"
@@ -94,3 +94,12 @@ def train(config: dict) -> None:
         row = {metric: math.nan, **({"epochs_to_target": math.nan} if target is not None else {})}
         tune.report(dict(row, epoch=report.epoch, status="failed", diverged=False, cycle_end=False,
                          error=f"{last[:2000]}{where(e)}"))
+
+
+def trained_model(checkpoint: tune.Checkpoint, config: dict):
+    """The model in a trial's checkpoint, rebuilt from its task (on the CPU), and the epoch it was
+    saved after; the model is None for a task's own loop (`train_fn`), whose state is its own."""
+    with checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
+    task = load_task(config["task"], config.get("data_dir"))
+    return model_from_checkpoint(task, config, state["loop"]), state["loop"]["epoch"]

@@ -78,27 +78,35 @@ def _sweep(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import yaml
 
-    from .tracking import exported_workflow
+    from .tracking import exported_workflow, workflow_origin
 
     workflow, source = exported_workflow(args.tracking_uri, args.run_id)
     header = (f"# lrtune workflow exported from MLflow run {source['run_id']} ({source['run_name']}, "
               f"status {source['status']}, sweep run {source['sweep_run_id']})\n"
               f"# its final metrics: {', '.join(f'{k}={v:.4g}' for k, v in sorted(source['metrics'].items()))}\n"
-              f"# re-run: lrtune train {args.output}\n")
-    _write_atomically(args.output, header + yaml.safe_dump(workflow, sort_keys=False))
+              f"# re-run: lrtune train {args.output} (its MLflow run is linked to the trial and sweep in `origin`)\n")
+    origin = workflow_origin(args.tracking_uri, args.run_id)
+    _write_atomically(args.output, header + yaml.safe_dump(dict(workflow, origin=origin), sort_keys=False))
     print(f"wrote {args.output}: {workflow['optimizer']} + {workflow['schedule']}, {workflow['epochs']} epochs "
           f"on {workflow['task']}" + (f"/{workflow['model']}" if workflow.get("model") else ""))
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
+    import contextlib
+    import os
+
+    from trainables.loops import train_workflow
     from trainables.tasks import load_task
-    from trainables.workflow import run_workflow, workflow_of
+    from trainables.workflow import workflow_of
 
     from .config import WorkflowConfig, load
 
     wf = load(args.workflow, WorkflowConfig)  # ConfigError: exit 2, nothing trained
     workflow = workflow_of(wf.model_dump())
+    if args.save and os.path.exists(args.save) and not (os.path.isdir(args.save) and not os.listdir(args.save)):
+        raise UsageError(f"--save: {args.save} exists and is not an empty folder; nothing was trained "
+                         f"(give a new path)")
     torch.set_num_threads(wf.threads)
     task = load_task(wf.task, wf.data_dir)
     try:
@@ -106,23 +114,61 @@ def _train(args: argparse.Namespace) -> int:
             task.model_name(wf.model)
     except ValueError as e:
         raise UsageError(f"model: {e}") from None
+    if args.save and task.train_fn is not None:
+        raise UsageError(f"--save: task {task.name!r} trains with its own loop (train_fn), which keeps its "
+                         f"model to itself: lrtune has no model to save; nothing was trained")
     m = task.metric_name
+    from . import tracking  # MLflow (and Ray) load only for a valid workflow
+
+    origin = wf.origin.model_dump() if wf.origin else {}
+    uri = (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or origin.get("tracking_uri")
+           or "sqlite:///mlflow.db")
+    run = None if args.no_mlflow else tracking.TrainRun(uri, args.experiment, workflow, origin)
 
     def show(row):
+        if run is not None:
+            run.log_epoch(row)
         if not args.json:
             std = f" ± {row[m + '_std']:.4f}" if m + "_std" in row else ""
             losses = "".join(f"  {k} {row[k]:.4f}" for k in ("train_loss", "val_loss") if k in row)
             lr = f"  lr {row['lr']:.3g}" if "lr" in row else ""
             print(f"epoch {row['epoch']:>3}{losses}  {m} {row[m]:.4f}{std}{lr}", flush=True)
 
-    history = run_workflow(task, workflow, on_epoch=show)
-    if not history:
-        raise UsageError(f"{args.workflow}: the task's loop reported no epoch")
-    last = history[-1]
+    notes, model_uri, saved = [], None, None
+    with run or contextlib.nullcontext():
+        history, model = train_workflow(task, workflow, on_epoch=show)
+        if not history:
+            raise UsageError(f"{args.workflow}: the task's loop reported no epoch")
+        last = history[-1]
+        if last["diverged"]:
+            notes.append("no model logged or saved: the training diverged (its weights are no result)")
+        elif model is None:
+            notes.append(f"no model logged or saved: task {task.name!r} trains with its own loop (train_fn), "
+                         f"which keeps its model to itself")
+        else:
+            if run is not None:
+                model_uri = run.log_model(model, last["epoch"])
+            if args.save:
+                tracking.save_model(model, args.save)
+                saved = args.save
+        if run is not None:
+            run.end("diverged" if last["diverged"] else "finished", last["epoch"])
     summary = dict(workflow=workflow, epochs_run=last["epoch"], diverged=last["diverged"],
-                   **{k: last[k] for k in (m, m + "_std", "val_loss", "train_loss") if k in last})
-    print(json.dumps(summary, indent=1) if args.json else
-          f"{'diverged' if last['diverged'] else 'finished'}: {m} {last[m]:.4f} after {last['epoch']} epochs")
+                   **{k: last[k] for k in (m, m + "_std", "val_loss", "train_loss") if k in last},
+                   mlflow_run_id=run.run_id if run else None, model_uri=model_uri, saved=saved, notes=notes)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"{'diverged' if last['diverged'] else 'finished'}: {m} {last[m]:.4f} after {last['epoch']} epochs")
+    if run is not None:
+        print(f"MLflow run {run.run_id} in experiment {run.experiment!r}"
+              + (f", under the sweep's run {run.parent}" if run.parent else "") + f" ({uri})")
+    if model_uri:
+        print(f"model: {model_uri} (mlflow.pytorch.load_model reads it)")
+    if saved:
+        print(f"saved the model to {saved} (an MLflow model folder: mlflow.pytorch.load_model reads it)")
+    for note in notes:
+        print(note)
     return 0
 
 
@@ -200,6 +246,13 @@ def parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train one exported workflow with the plain loop (no Ray)")
     tr.add_argument("workflow", help="a workflow YAML written by `lrtune export`")
     tr.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    tr.add_argument("--save", metavar="PATH", help="write the trained model there, as an MLflow model "
+                    "folder (mlflow.pytorch.load_model(PATH) reads it); PATH must be new or an empty folder")
+    tr.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                    "else the exported workflow's origin's, else sqlite:///mlflow.db)")
+    tr.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep's, for an "
+                    "exported workflow; else lrtune)")
+    tr.add_argument("--no-mlflow", action="store_true", help="train without an MLflow run")
     tr.set_defaults(run=_train)
     return p
 

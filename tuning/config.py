@@ -7,7 +7,7 @@ offending key (dotted path), the rule it broke and the value given; the CLI turn
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -97,6 +97,9 @@ class Tracking(_Strict):
     mlflow_uri: str = "sqlite:///mlflow.db"
     experiment: str = "lrtune"
     optuna_storage: str = "sqlite:///optuna.db"
+    # After the sweep, the best trial's model (from its last checkpoint) is logged to its MLflow run
+    # with mlflow.pytorch, beside the metrics it was measured with.
+    log_best_model: bool = False
 
 
 class SweepConfig(_Strict):
@@ -156,6 +159,15 @@ class SweepConfig(_Strict):
         return v
 
 
+class Origin(_Strict):
+    """Where an exported workflow came from (`lrtune export` writes it): `lrtune train` links its
+    MLflow run to these."""
+    run_id: str  # the trial's MLflow run
+    sweep_run_id: str | None = None  # the sweep's parent run
+    experiment: str | None = None
+    tracking_uri: str | None = None
+
+
 class WorkflowConfig(_Strict):
     """One training workflow, as `lrtune export` writes it and `lrtune train` re-runs it."""
     task: str
@@ -189,6 +201,7 @@ class WorkflowConfig(_Strict):
     seeds: int = Field(1, ge=1)
     threads: int = Field(1, ge=1)
     amp: bool | None = None
+    origin: Origin | None = None  # not part of the workflow: where it was exported from
 
     @model_validator(mode="after")
     def _schedule_needs(self):
@@ -204,9 +217,11 @@ def _allowed(loc: tuple, model: type[BaseModel] = SweepConfig) -> list[str]:
     """The keys allowed beside the unknown one at `loc`."""
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        nested = [t for t in (field.annotation, *get_args(field.annotation)) if isinstance(t, type)
+                  and issubclass(t, BaseModel)] if field is not None else []  # `Origin | None` too
+        if not nested:
             return []
-        model = field.annotation
+        model = nested[0]
     return list(model.model_fields)
 
 

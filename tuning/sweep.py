@@ -253,6 +253,8 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
         ended = True
         if status == "FAILED":
             raise SweepFailed(f"all {len(trials)} trials failed; the first: {result.failed()[0]['error']}")
+        if cfg.tracking.log_best_model and best:
+            print(tracking.log_best_model(cfg.tracking.mlflow_uri, best[0]), flush=True)
         return result
     except KeyboardInterrupt:
         status = "KILLED"

@@ -511,3 +511,173 @@ def _short(v) -> str:
 
 def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
+
+
+# The trained model through mlflow.pytorch: `lrtune train`'s run, and the best trial's model.
+
+MODEL_NAME = "model"
+SCHEDULE_METRICS = {"lr": "schedule_lr", "momentum": "schedule_momentum"}  # a row's are its last step's
+
+
+def workflow_origin(uri: str, run_id: str) -> dict:
+    """Where a trial's exported workflow comes from (the exported YAML's `origin`)."""
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    return dict(run_id=run_id, sweep_run_id=run.data.tags.get(PARENT_TAG),
+                experiment=client.get_experiment(run.info.experiment_id).name, tracking_uri=uri)
+
+
+def _model_format(model) -> dict:
+    """How lrtune writes a model with mlflow.pytorch. Pickled: the module loads back as its own class
+    (a LightningModule stays one) whatever its inputs are, and needs no input example; MLflow's
+    default, pt2, traces the model on a tensor input example and loads back as an ExportedProgram.
+    Loading needs the model's class importable (lrtune for the built-in tasks, else your task's
+    module) and, as torch.load of a whole module does, runs the pickle's code: load models you
+    trust (MLflow's warning that says so on every save is silenced, the choice being made here).
+    The pip requirements are given: MLflow infers them by loading the model in a subprocess, which
+    is slow."""
+    import logging
+    from importlib.metadata import version
+
+    import torch
+
+    logging.getLogger("mlflow.pytorch").addFilter(_pickle_chosen)  # added once however often called
+
+    packages = {c.__module__.split(".")[0] for c in type(model).__mro__}
+    requirements = [f"torch=={torch.__version__.split('+')[0]}"]
+    requirements += [f"{dist}=={version(dist)}" for dist, package in (("lightning", "lightning"),
+                     ("pytorch-lightning", "pytorch_lightning")) if package in packages]
+    return dict(serialization_format="pickle", pip_requirements=requirements)
+
+
+def _pickle_chosen(record) -> bool:
+    return not record.getMessage().startswith("Saving pytorch model by Pickle")
+
+
+def save_model(model, path: str) -> None:
+    """`model` as an MLflow model folder at `path` (mlflow.pytorch.save_model: MLmodel, the pickled
+    module, its requirements), in eval mode: `mlflow.pytorch.load_model(path)` reads it back and
+    `mlflow models serve -m path` serves it. Written beside `path` first and then renamed (onto an
+    empty folder, or none), so that a failure leaves nothing half-written."""
+    import mlflow.pytorch
+
+    target = Path(path).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".lrtune-") as d:
+        mlflow.pytorch.save_model(model.eval(), os.path.join(d, MODEL_NAME), **_model_format(model))
+        os.replace(os.path.join(d, MODEL_NAME), target)
+
+
+def log_model(uri: str, run_id: str, model, step: int) -> str:
+    """Log `model` (in eval mode) with mlflow.pytorch.log_model to the run `run_id` at `uri`, as its
+    model after epoch `step` (MLflow 3: a LoggedModel, the run's output, whose metrics are the run's
+    at that step); returns its URI, models:/<model id>. log_model is fluent only, and files the
+    LoggedModel under the active run's experiment (with none active, experiment 0's): the run is
+    made the active one for the call, at `uri`; the tracking URI, and the run's status and end
+    time, are as they were after it."""
+    import mlflow
+    import mlflow.pytorch
+
+    client = MlflowClient(tracking_uri=uri)
+    info = client.get_run(run_id).info
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            logged = mlflow.pytorch.log_model(model.eval(), name=MODEL_NAME, step=step, **_model_format(model))
+    finally:
+        mlflow.set_tracking_uri(before)
+        if info.status == "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        else:
+            client.set_terminated(run_id, info.status, end_time=info.end_time)
+    return logged.model_uri
+
+
+class TrainRun:
+    """The MLflow run of `lrtune train`: the workflow's keys as params, with `peak_lr` (max_lr for
+    one_cycle and cyclic, lr otherwise); each epoch's finite numbers as metrics at step=epoch, the
+    row's `lr` and `momentum` (its last step's) as `schedule_lr`, `schedule_momentum`; the workflow
+    as `workflow.yaml`; the trained model (`log_model`). Tagged `lrtune.kind` = train, `status`.
+
+    An exported workflow's `origin` links it: tags `lrtune.source_run_id` (the trial) and
+    `lrtune.sweep_run_id`, and, when the sweep's parent run is in this store and experiment (by
+    default the sweep's), nested under it as the sweep's result — the sweep's trial views select
+    `lrtune.kind` = trial and leave it out. As a context manager, an exception ends the run FAILED
+    (KILLED for an interrupt), tagged `status` failed and the error, and propagates."""
+
+    def __init__(self, uri: str, experiment: str | None, workflow: dict, origin: dict | None = None):
+        self.client, self.uri, origin = MlflowClient(tracking_uri=uri), uri, origin or {}
+        sweep = self._run(origin.get("sweep_run_id"))
+        name = (experiment or (sweep and self.client.get_experiment(sweep.info.experiment_id).name)
+                or origin.get("experiment") or "lrtune")
+        exp = self.client.get_experiment_by_name(name)
+        self.experiment, self.experiment_id = name, exp.experiment_id if exp else self.client.create_experiment(name)
+        tags = {"lrtune.kind": "train", "status": "running", "optimizer": workflow["optimizer"],
+                "schedule": workflow["schedule"]}
+        if origin:
+            tags["lrtune.source_run_id"] = origin["run_id"]
+        if origin.get("sweep_run_id"):
+            tags["lrtune.sweep_run_id"] = origin["sweep_run_id"]
+        self.parent = sweep.info.run_id if sweep and sweep.info.experiment_id == self.experiment_id else None
+        if self.parent:
+            tags[PARENT_TAG] = self.parent
+        run = self.client.create_run(self.experiment_id, run_name=f"train-{workflow['optimizer']}-"
+                                     f"{workflow['schedule']}", tags=tags)
+        self.run_id, self.ended = run.info.run_id, False
+        peak = workflow.get("max_lr") if workflow["schedule"] in ("one_cycle", "cyclic") else workflow.get("lr")
+        params = dict(workflow, peak_lr=peak)
+        self.client.log_batch(self.run_id, params=[Param(k, _short(v)) for k, v in params.items()])
+        self.client.log_text(self.run_id, yaml.safe_dump(workflow, sort_keys=False), WORKFLOW_ARTIFACT)
+
+    def _run(self, run_id: str | None):
+        try:
+            return self.client.get_run(run_id) if run_id else None
+        except MlflowException:
+            return None  # exported from another store: the tags still name it
+
+    def log_epoch(self, row: dict) -> None:
+        metrics = _metrics({SCHEDULE_METRICS.get(k, k): v for k, v in row.items()}, int(time.time() * 1000))
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_model(self, model, epoch: int) -> str:
+        return log_model(self.uri, self.run_id, model, epoch)
+
+    def end(self, status: str, epochs: int) -> None:
+        """status: finished or diverged (the run is FINISHED either way, as a trial's)."""
+        self.client.log_batch(self.run_id, tags=[RunTag("status", status)],
+                              metrics=[Metric("epochs_run", float(epochs), int(time.time() * 1000), 0)])
+        self.client.set_terminated(self.run_id, "FINISHED")
+        self.ended = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if error is not None and not self.ended:
+            failed = not isinstance(error, KeyboardInterrupt)
+            tags = [RunTag("status", "failed" if failed else "stopped")]
+            if failed:
+                tags.append(RunTag("error", f"{type(error).__name__}: {error}"[:5000]))
+            self.client.log_batch(self.run_id, tags=tags)
+            self.client.set_terminated(self.run_id, "FAILED" if failed else "KILLED")
+        return False
+
+
+def log_best_model(uri: str, trial: dict) -> str:
+    """Log a sweep's trial's model (`SweepResult.best`'s dict: config, checkpoint, run_id, result),
+    rebuilt from its last checkpoint, to its MLflow run at the checkpoint's epoch; returns a line
+    saying what was logged, or why nothing was."""
+    from trainables.trainable import trained_model
+
+    which = f"the best trial ({trial['trial_id']}, MLflow run {trial.get('run_id')})"
+    if trial.get("checkpoint") is None or trial.get("run_id") is None:
+        return f"{which}: no model logged: it has no {'checkpoint' if trial.get('run_id') else 'MLflow run'}"
+    model, epoch = trained_model(trial["checkpoint"], trial["config"])
+    if model is None:
+        return (f"{which}: no model logged: its task trains with its own loop (train_fn), which keeps "
+                f"its model to itself")
+    model_uri = log_model(uri, trial["run_id"], model, epoch)
+    ran = trial["result"].get("epoch", epoch)
+    return (f"logged {which}'s model after epoch {epoch}" + (f" (its last checkpoint; it ran {ran})"
+            if ran != epoch else "") + f": {model_uri}")

@@ -212,3 +212,37 @@ def test_stop_and_resume_equals_run_through_for_user_loops_and_loaders(example, 
     assert [r["epoch"] for r in resumed] == [2, 3]
     assert [r["accuracy"] for r in resumed] == [r["accuracy"] for r in through[1:]]
     assert [r["val_loss"] for r in resumed] == [r["val_loss"] for r in through[1:]]
+
+
+@pytest.mark.parametrize("loop", ["lrtune", "lightning", "train_fn"])
+def test_the_trained_model_comes_back_and_is_rebuilt_from_the_last_checkpoint(loop):
+    """train_workflow returns the trained model (a fresh LightningModule for Lightning, None for a
+    train_fn), and model_from_checkpoint rebuilds the same one from the loop's last checkpoint."""
+    from trainables.loops import micro_batches, model_from_checkpoint, run_loop, train_workflow
+
+    if loop == "lightning":
+        pytest.importorskip("lightning", reason="the lightning extra (lrtune[lightning]) is not installed")
+        from examples.tasks.lightning_module import lit_digits
+        task, model_name = lit_digits(), "lit"
+    elif loop == "train_fn":
+        from examples.tasks.own_loop import own_loop
+        task, model_name = own_loop(), "mlp"
+    else:
+        task, model_name = digits(), "mlp"
+    wf = dict(model=model_name, optimizer="adamw", schedule="one_cycle", max_lr=0.01, epochs=2, batch_size=50)
+    history, model = train_workflow(task, wf)
+    checkpoints = []
+    run_loop(task, wf, Report(lambda row, ckpt: checkpoints.append(ckpt()), task, wf,
+                              micro_batches(task, model_name, 50)[0]))
+    rebuilt = model_from_checkpoint(task, wf, checkpoints[-1])
+    if loop == "train_fn":
+        assert model is None and rebuilt is None
+        return
+    assert type(model) is type(rebuilt) is type(task.models[model_name]())
+    if loop == "lightning":  # a fresh module: no Trainer, no lrtune optimizer on it
+        assert model._trainer is None and "configure_optimizers" not in vars(model)
+    val = digits()
+    x = val.val[0][:50]
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), rebuilt.eval()(x))
+    assert val.evaluate_model(rebuilt, 50)["accuracy"] == pytest.approx(history[-1]["accuracy"], abs=1e-6)

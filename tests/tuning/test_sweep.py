@@ -163,8 +163,14 @@ def test_export_then_train_reproduces_the_trial(smoke, tmp_path, capsys):
     again = json.loads(capsys.readouterr().out)
     assert again["epochs_run"] == 2 and not again["diverged"]
     assert abs(again["accuracy"] - best.data.metrics["accuracy"]) <= 0.005  # within 0.5 pt on CPU
-    # a run that is not a trial is refused by name, and nothing is written
+    # its MLflow run went to the sweep's store and experiment (the workflow's origin), nested under
+    # the sweep as its result, not as a trial, and names the trial it re-ran; its model is logged
     parent = best.data.tags["mlflow.parentRunId"]
+    run = MlflowClient(uri).get_run(again["mlflow_run_id"])
+    assert run.info.experiment_id == best.info.experiment_id and run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.tags["lrtune.kind"] == "train" and run.data.tags["lrtune.source_run_id"] == best.info.run_id
+    assert again["model_uri"] == f"models:/{run.outputs.model_outputs[0].model_id}"
+    # a run that is not a trial is refused by name, and nothing is written
     with pytest.raises(SystemExit) as e:
         main(["export", parent, "-o", str(tmp_path / "no.yaml"), "--tracking-uri", uri])
     assert e.value.code == 2 and f"RUN_ID: run {parent} is a sweep run" in capsys.readouterr().err
@@ -289,6 +295,36 @@ def test_user_task_runs_and_a_diverged_trial_is_recorded(ray_session, tmp_path, 
     assert by_opt["adamw"].data.tags["status"] == "finished"  # the user task trained to the end
     assert by_opt["adamw"].data.metrics["epochs_run"] == 3
     assert math.isfinite(by_opt["adamw"].data.metrics["r2"])
+
+
+
+def test_log_best_model_logs_the_best_trials_model_to_its_run(ray_session, tmp_path, monkeypatch, capsys):
+    """tracking.log_best_model: the best trial's model, rebuilt from its last checkpoint, is logged
+    to its MLflow run at its last epoch, and scores there what the trial logged."""
+    import mlflow.pytorch
+
+    from trainables.tasks import load_task
+
+    monkeypatch.chdir(tmp_path)
+    points = [dict(optimizer="adamw", schedule="one_cycle", max_lr=lr, weight_decay=1e-4, max_momentum=0.95,
+                   base_momentum=0.85) for lr in (0.01, 1e-4)]
+    cfg = _local(dict(name="best", task="digits", model="mlp", epochs=2, batch_size=100, optimizers=["adamw"],
+                      schedules=["one_cycle"], stopping=dict(scheduler="none"),
+                      search=dict(num_samples=2, max_concurrent=2, seeded=False, points_to_evaluate=points)), tmp_path)
+    cfg["tracking"]["log_best_model"] = True
+    assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
+    out = capsys.readouterr().out
+    client, _, trials, _ = _runs(tmp_path, "best")
+    best, other = sorted(trials, key=lambda t: -t.data.metrics["accuracy"])
+    assert [o.step for o in best.outputs.model_outputs] == [2] and not other.outputs.model_outputs
+    model_id = best.outputs.model_outputs[0].model_id
+    assert f"MLflow run {best.info.run_id})'s model after epoch 2: models:/{model_id}" in out
+    assert best.info.status == "FINISHED" and best.data.tags["status"] == "finished"  # as the trial ended
+    assert best.info.end_time < client.get_logged_model(model_id).creation_timestamp
+    assert sorted(m.step for m in client.get_metric_history(best.info.run_id, "accuracy")) == [1, 2]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg["tracking"]["mlflow_uri"])
+    model = mlflow.pytorch.load_model(f"models:/{model_id}")
+    assert load_task("digits").evaluate_model(model, 1000)["accuracy"] == best.data.metrics["accuracy"]
 
 
 @pytest.mark.parametrize("cfg,needle", [
