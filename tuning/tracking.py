@@ -516,7 +516,6 @@ def ui_command(uri: str) -> str:
 # The trained model through mlflow.pytorch: `lrtune train`'s run, and the best trial's model.
 
 MODEL_NAME = "model"
-SCHEDULE_METRICS = {"lr": "schedule_lr", "momentum": "schedule_momentum"}  # a row's are its last step's
 
 
 def workflow_origin(uri: str, run_id: str) -> dict:
@@ -625,8 +624,7 @@ class TrainRun:
         run = self.client.create_run(self.experiment_id, run_name=f"train-{workflow['optimizer']}-"
                                      f"{workflow['schedule']}", tags=tags)
         self.run_id, self.ended = run.info.run_id, False
-        peak = workflow.get("max_lr") if workflow["schedule"] in ("one_cycle", "cyclic") else workflow.get("lr")
-        params = dict(workflow, peak_lr=peak)
+        params = dict(workflow, peak_lr=peak_lr(workflow))
         self.client.log_batch(self.run_id, params=[Param(k, _short(v)) for k, v in params.items()])
         self.client.log_text(self.run_id, yaml.safe_dump(workflow, sort_keys=False), WORKFLOW_ARTIFACT)
 
@@ -637,7 +635,7 @@ class TrainRun:
             return None  # exported from another store: the tags still name it
 
     def log_epoch(self, row: dict) -> None:
-        metrics = _metrics({SCHEDULE_METRICS.get(k, k): v for k, v in row.items()}, int(time.time() * 1000))
+        metrics = _metrics(row, int(time.time() * 1000))
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_model(self, model, epoch: int) -> str:
