@@ -45,7 +45,7 @@ class SweepResult:
 
     def best(self, n: int = 5) -> list[dict]:
         """The trials with a finite metric, best first; failed trials never rank."""
-        done = [t for t in self.trials if t["result"].get("status") != "failed"
+        done = [t for t in self.trials if trial_status(t) != "failed"
                 and isinstance(t["result"].get(self.metric), (int, float)) and math.isfinite(t["result"][self.metric])]
         sign = -1.0 if self.mode == "max" else 1.0
         return sorted(done, key=lambda t: sign * t["result"][self.metric])[:n]
