@@ -23,7 +23,7 @@ from trainables.loops import form, micro_batches
 from trainables.tasks import load_task
 from trainables.trainable import train
 
-from . import preflight, search, seeding, stores, tracking
+from . import preflight, search, seeding, stores, tracking, ui
 from .config import ConfigError, SweepConfig
 from .plots import schedule_png_in_ray
 from .report import table
@@ -272,6 +272,8 @@ def print_summary(result: SweepResult, cfg: SweepConfig, out=None) -> None:
         print(f"failed: trial {t['trial_id']} ({t['config'].get('optimizer')} + {t['config'].get('schedule')}, "
               f"MLflow run {t.get('run_id') or '-'}): {t['error']}", file=out)
     print(f"\nOpen the MLflow UI: {tracking.ui_command(cfg.tracking.mlflow_uri)}", file=out)
+    print("MLflow runs:       ", ui.runs_url(ui.base_url(cfg.tracking.mlflow_uri), tracking.experiment_id(
+        cfg.tracking.mlflow_uri, cfg.tracking.experiment), m, result.mode, result.parent_run_id), file=out)
     print(f"Optuna dashboard:   optuna-dashboard --host 127.0.0.1 {cfg.tracking.optuna_storage}", file=out)
     print(f"Report and plots:   lrtune report --experiment {cfg.tracking.experiment} --tracking-uri "
           f"{cfg.tracking.mlflow_uri}", file=out)

@@ -432,3 +432,33 @@ def _short(v) -> str:
 
 def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
+
+
+def newest_sweep(uri: str, experiment: str) -> tuple[str, str, str, str, str] | None:
+    """The newest sweep of `experiment` as (experiment id, parent run id, sweep name, metric, mode),
+    from its parent run's tags; None when the experiment or its sweeps are not there."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    found = client.search_runs([exp.experiment_id], filter_string="tags.`lrtune.kind` = 'sweep'", max_results=1,
+                               order_by=["attributes.start_time DESC"])
+    if not found:
+        return None
+    run = found[0]
+    return (exp.experiment_id, run.info.run_id, run.data.tags.get("lrtune.sweep", run.info.run_name),
+            run.data.tags.get("lrtune.metric", "accuracy"), run.data.tags.get("lrtune.mode", "max"))
+
+
+def save_runs_view(uri: str, experiment_id: str, view_id: str, name: str, state: dict) -> None:
+    """Save (or replace) a view of the experiment's runs page as MLflow 3.17's UI saves one: the
+    experiment tag `mlflow.sharedViewState.<view_id>` holding {name, createdAt, updatedAt, state}
+    (`state` the page's search and columns as JSON), which `viewStateShareKey=<view_id>` opens."""
+    now = int(time.time() * 1000)
+    value = json.dumps(dict(name=name, createdAt=now, updatedAt=now, state=json.dumps(state)))
+    MlflowClient(tracking_uri=uri).set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{view_id}", value)
+
+
+def experiment_id(uri: str, experiment: str) -> str:
+    """The id of an existing experiment (the MLflow UI's URLs name experiments by id)."""
+    return MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment).experiment_id

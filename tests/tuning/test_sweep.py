@@ -1,16 +1,15 @@
-import contextlib
-import io
 import json
 import math
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.tuning.sweeps import local as _local
+from tests.tuning.sweeps import write as _write
 from tuning import search
 from tuning.cli import main
 from tuning.config import ConfigError, load, parse
@@ -18,20 +17,6 @@ from tuning.seeding import OptimizerSeed
 from tuning.tracking import read_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _write(tmp_path, cfg: dict) -> Path:
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def _local(cfg: dict, tmp_path) -> dict:
-    cfg = dict(cfg)
-    cfg["tracking"] = dict(mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment=cfg.get("name", "t"),
-                           optuna_storage=f"sqlite:///{tmp_path}/optuna.db")
-    cfg["storage_path"] = str(tmp_path / "ray_results")
-    return cfg
 
 
 def _runs(tmp_path, experiment):
@@ -42,21 +27,6 @@ def _runs(tmp_path, experiment):
     trials = [r for r in runs if r.data.tags.get("lrtune.kind") == "trial"]
     range_tests = [r for r in runs if r.data.tags.get("lrtune.kind") == "range_test"]
     return client, parents, trials, range_tests
-
-
-@pytest.fixture(scope="module")
-def smoke(ray_session, tmp_path_factory):
-    """examples/smoke.yaml through `lrtune sweep`, once for the tests of its results."""
-    tmp = tmp_path_factory.mktemp("smoke")
-    cwd, out = os.getcwd(), io.StringIO()
-    os.chdir(tmp)
-    try:
-        cfg = _local(yaml.safe_load((ROOT / "examples" / "smoke.yaml").read_text()), tmp)
-        with contextlib.redirect_stdout(out):
-            code = main(["sweep", str(_write(tmp, cfg)), "--verbose", "0"])
-    finally:
-        os.chdir(cwd)
-    return SimpleNamespace(path=tmp, cfg=cfg, code=code, out=out.getvalue())
 
 
 def test_smoke_sweep_end_to_end_run_tree(smoke):
