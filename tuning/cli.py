@@ -195,6 +195,47 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from . import ui
+    from .tracking import SweepView, show_sweep_in_view
+
+    uri, experiment = args.tracking_uri, args.experiment
+    if args.config:
+        from .config import load
+
+        cfg = load(args.config)
+        uri, experiment = uri or cfg.tracking.mlflow_uri, experiment or cfg.tracking.experiment
+    uri = uri or _default_uri()
+    server = uri.startswith(("http://", "https://"))
+    view = SweepView(uri, experiment)  # ValueError (exit 2), creating nothing, when there is no sweep
+    experiment_id, run_id, name, metric, mode = view.experiment_id, view.run_id, view.name, view.metric, view.mode
+    # A saved view, because no URL parameter shows columns; one per experiment, moved to the newest sweep
+    show_sweep_in_view(uri, experiment_id, name, run_id, metric, mode)
+    if server:
+        print(f"MLflow runs of sweep {name}: {ui.runs_url(uri, experiment_id, metric, mode, run_id, ui.VIEW_ID)}")
+        return 0
+    port = args.port or (ui.DEFAULT_PORT if ui.port_is_free("127.0.0.1", ui.DEFAULT_PORT) else None)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # the server has its own session: end it with this one
+        signal.signal(sig, lambda signum, _: sys.exit(128 + signum))
+    try:
+        proc, base = ui.serve(uri, port=port)
+    except RuntimeError as e:
+        print(f"lrtune: {e}", file=sys.stderr)
+        return 1
+    print(f"MLflow UI for {uri} on {base} (Ctrl-C stops it)\n"
+          f"MLflow runs of sweep {name}: {ui.runs_url(base, experiment_id, metric, mode, run_id, ui.VIEW_ID)}",
+          flush=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        ui.stop(proc)
+
+
 def _json_float(v: float):
     return v if v == v and abs(v) != float("inf") else None
 
@@ -243,6 +284,14 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--tracking-uri", default=_default_uri(), help="MLflow tracking URI (default: "
                     "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     rp.set_defaults(run=_report)
+    ui = sub.add_parser("ui", help="start the MLflow UI for a config's store and print the URL of its "
+                        "newest sweep's trials (for a tracking server: the URL only)")
+    ui.add_argument("config", nargs="?", help="the sweep's YAML config (its tracking.mlflow_uri and experiment)")
+    ui.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the config's, else "
+                    "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    ui.add_argument("--experiment", default=None, help="MLflow experiment (default: the config's, else the one with the newest lrtune sweep)")
+    ui.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default 5000 when free, else any)")
+    ui.set_defaults(run=_ui)
     tr = sub.add_parser("train", help="train one exported workflow with the plain loop (no Ray)")
     tr.add_argument("workflow", help="a workflow YAML written by `lrtune export`")
     tr.add_argument("--json", action="store_true", help="print the final metrics as JSON")

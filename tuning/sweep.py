@@ -24,7 +24,7 @@ from trainables.tasks import load_task
 from trainables.trainable import train
 from trainables.workflow import peak_lr, workflow_of
 
-from . import preflight, search, seeding, stores, tracking
+from . import preflight, search, seeding, stores, tracking, ui
 from .config import ConfigError, SweepConfig
 from .plots import schedule_png_in_ray
 from .report import table
@@ -42,6 +42,7 @@ class SweepResult:
     seeds: dict | None = None  # optimizer -> OptimizerSeed, when the search was seeded
     range_test_seconds: float = 0.0  # the range tests' own time, summed over their Ray tasks
     mode: str = "max"
+    experiment_id: str = ""  # MLflow's, for the UI's URLs
 
     def best(self, n: int = 5) -> list[dict]:
         """The trials with a finite metric, best first; failed trials never rank."""
@@ -245,12 +246,14 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                        checkpoint=r.checkpoint, error=str(r.error) if r.error else r.metrics.get("error"),
                        run_id=trial_runs.runs.get(r.metrics.get("trial_id"))) for r in grid]
         result = SweepResult(name, sweep.run_id, info.metric, trials, time.perf_counter() - t0,
-                             started_at, seeds, range_s, info.mode)
+                             started_at, seeds, range_s, info.mode, sweep.experiment_id)
         best = result.best(1)
         status = "FINISHED" if best or len(result.failed()) < len(trials) else "FAILED"
         sweep.end(status, summary=summary(result), note=note(result, cfg, info),
                   best=dict(run_id=best[0]["run_id"], workflow=workflow_of(best[0]["config"])) if best else None)
         ended = True
+        tracking.show_sweep_in_view(cfg.tracking.mlflow_uri, sweep.experiment_id, name, sweep.run_id,
+                                    info.metric, info.mode)
         if status == "FAILED":
             raise SweepFailed(f"all {len(trials)} trials failed; the first: {result.failed()[0]['error']}")
         if cfg.tracking.log_best_model and best:
@@ -301,6 +304,8 @@ def note(result: SweepResult, cfg: SweepConfig, info: TaskInfo) -> str:
                   f"(run {t.get('run_id')}, trial {t['trial_id']})", "",
                   f"Re-run it: `lrtune export {t.get('run_id')} -o workflow.yaml --tracking-uri "
                   f"{cfg.tracking.mlflow_uri}`, then `lrtune train workflow.yaml`."]
+    trials = ui.runs_url("", result.experiment_id, m, result.mode, result.parent_run_id)
+    lines += ["", f"[This sweep's trials, best first]({trials})"]
     else:
         lines.append("- no trial has a result")
     return "\n".join(lines)
@@ -350,7 +355,14 @@ def print_summary(result: SweepResult, cfg: SweepConfig, out=None) -> None:
     for t in failed:
         print(f"failed: trial {t['trial_id']} ({t['config'].get('optimizer')} + {t['config'].get('schedule')}, "
               f"MLflow run {t.get('run_id') or '-'}): {t['error']}", file=out)
-    print(f"\nOpen the MLflow UI: {tracking.ui_command(cfg.tracking.mlflow_uri)}", file=out)
+    uri = cfg.tracking.mlflow_uri
+    base = ui.base_url(uri)
+    print(f"\nMLflow UI:          " + ("(the tracking server)" if base == uri.rstrip("/") else
+                                    f"lrtune ui --tracking-uri {uri}   (or: {tracking.ui_command(uri)})"), file=out)
+    print(f"The trials:         {ui.runs_url(base, result.experiment_id, m, result.mode, view_id=ui.VIEW_ID)}\n"
+          f"                    (best first, with their columns: the experiment's saved view, which shows "
+          f"its newest sweep;\n                    this sweep's, whatever runs later: "
+          f"{ui.runs_url(base, result.experiment_id, m, result.mode, result.parent_run_id)})", file=out)
     print(f"Optuna dashboard:   optuna-dashboard --host 127.0.0.1 {cfg.tracking.optuna_storage}", file=out)
     print(f"Report and plots:   lrtune report --experiment {cfg.tracking.experiment} --tracking-uri "
           f"{cfg.tracking.mlflow_uri}", file=out)

@@ -24,6 +24,8 @@ from ray import tune
 
 from trainables.workflow import peak_lr, workflow_of
 
+from . import ui
+
 PARENT_TAG = "mlflow.parentRunId"
 # Keys of a trial's result that are bookkeeping, not metrics: Tune's own and lrtune's flags. Every
 # other finite number a trial reports (whatever the task's metrics are called) is logged.
@@ -366,6 +368,8 @@ class SweepView:
         self.run = found[0]
         self.experiment_id = self.run.info.experiment_id
         self.run_id, self.name, self.status = self.run.info.run_id, self.run.info.run_name, self.run.info.status
+        self.metric = self.run.data.tags.get("lrtune.metric", "accuracy")
+        self.mode = self.run.data.tags.get("lrtune.mode", "max")
 
     def _parent_run(self, run_id: str, experiment_ids: list[str]):
         """The sweep's parent run with this id in these experiments, or None (not an id, or not one)."""
@@ -384,8 +388,7 @@ class SweepView:
         """One row per trial, best first in the sweep's mode (runs without the metric last), and the
         metric's name (the parent's `lrtune.metric` tag)."""
         trials = self._children("trial")
-        metric = self.run.data.tags.get("lrtune.metric", "accuracy")
-        sign = -1.0 if self.run.data.tags.get("lrtune.mode", "max") == "max" else 1.0
+        metric, sign = self.metric, -1.0 if self.mode == "max" else 1.0
         rows = []
         for t in trials:
             p, m = t.data.params, t.data.metrics
@@ -511,6 +514,22 @@ def _short(v) -> str:
 
 def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
+
+
+def show_sweep_in_view(uri: str, experiment_id: str, sweep_name: str, parent_run_id: str, metric: str,
+                       mode: str) -> None:
+    """Point the experiment's saved runs view (`ui.VIEW_ID`, one per experiment) at this sweep's
+    trials, best first, with their columns (`ui.runs_view`)."""
+    save_runs_view(uri, experiment_id, ui.VIEW_ID, f"lrtune: {sweep_name}", ui.runs_view(metric, mode, parent_run_id))
+
+
+def save_runs_view(uri: str, experiment_id: str, view_id: str, name: str, state: dict) -> None:
+    """Save (or replace) a view of the experiment's runs page as MLflow 3.17's UI saves one: the
+    experiment tag `mlflow.sharedViewState.<view_id>` holding {name, createdAt, updatedAt, state}
+    (`state` the page's search and columns as JSON), which `viewStateShareKey=<view_id>` opens."""
+    now = int(time.time() * 1000)
+    value = json.dumps(dict(name=name, createdAt=now, updatedAt=now, state=json.dumps(state)))
+    MlflowClient(tracking_uri=uri).set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{view_id}", value)
 
 
 # The trained model through mlflow.pytorch: `lrtune train`'s run, and the best trial's model.

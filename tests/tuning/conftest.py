@@ -1,13 +1,22 @@
-"""Fixtures of the tuning tests that start real servers."""
+"""Fixtures of the tuning tests: real servers, and the smoke sweep its tests share."""
 
+import contextlib
+import io
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
+
+from tests.tuning.sweeps import local, write
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -39,3 +48,21 @@ def mlflow_server(tmp_path):
     yield uri
     os.killpg(proc.pid, 15)
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def smoke(ray_session, tmp_path_factory):
+    """examples/smoke.yaml through `lrtune sweep`, once for every test of its results (its runs,
+    report, export, the MLflow UI in a browser)."""
+    from tuning.cli import main
+
+    tmp = tmp_path_factory.mktemp("smoke")
+    cwd, out = os.getcwd(), io.StringIO()
+    os.chdir(tmp)
+    try:
+        cfg = local(yaml.safe_load((ROOT / "examples" / "smoke.yaml").read_text()), tmp)
+        with contextlib.redirect_stdout(out):
+            code = main(["sweep", str(write(tmp, cfg)), "--verbose", "1"])
+    finally:
+        os.chdir(cwd)
+    return SimpleNamespace(path=tmp, cfg=cfg, code=code, out=out.getvalue())

@@ -1,10 +1,7 @@
-import contextlib
-import io
 import json
 import math
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -12,6 +9,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.tuning.sweeps import local as _local
+from tests.tuning.sweeps import write as _write
 from tuning import search
 from trainables.loops import as_computed
 from tuning.cli import main
@@ -22,20 +21,6 @@ from tuning.tracking import read_artifact
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _write(tmp_path, cfg: dict) -> Path:
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def _local(cfg: dict, tmp_path) -> dict:
-    cfg = dict(cfg)
-    cfg["tracking"] = dict(mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment=cfg.get("name", "t"),
-                           optuna_storage=f"sqlite:///{tmp_path}/optuna.db")
-    cfg["storage_path"] = str(tmp_path / "ray_results")
-    return cfg
-
-
 def _runs(tmp_path, experiment):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name(experiment)
@@ -44,21 +29,6 @@ def _runs(tmp_path, experiment):
     trials = [r for r in runs if r.data.tags.get("lrtune.kind") == "trial"]
     range_tests = [r for r in runs if r.data.tags.get("lrtune.kind") == "range_test"]
     return client, parents, trials, range_tests
-
-
-@pytest.fixture(scope="module")
-def smoke(ray_session, tmp_path_factory):
-    """examples/smoke.yaml through `lrtune sweep`, once for the tests of its results."""
-    tmp = tmp_path_factory.mktemp("smoke")
-    cwd, out = os.getcwd(), io.StringIO()
-    os.chdir(tmp)
-    try:
-        cfg = _local(yaml.safe_load((ROOT / "examples" / "smoke.yaml").read_text()), tmp)
-        with contextlib.redirect_stdout(out):
-            code = main(["sweep", str(_write(tmp, cfg)), "--verbose", "0"])
-    finally:
-        os.chdir(cwd)
-    return SimpleNamespace(path=tmp, cfg=cfg, code=code, out=out.getvalue())
 
 
 def test_smoke_sweep_end_to_end_run_tree(smoke):
@@ -130,6 +100,12 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
     assert sorted(line.split(":")[0] for line in smoke.out.splitlines() if line.startswith("range test ")) == [
         f"range test {i}/4" for i in range(1, 5)]
     assert "search.num_samples=4 runs 4 of the 10 warm-start points" in smoke.out
+    # --verbose 1: Ray Tune's trial table with lrtune's columns, no box per trial
+    header = next(line for line in smoke.out.splitlines() if line.startswith("| Trial name"))
+    assert [c.strip() for c in header.strip("|").split("|")][3:7] == ["optimizer", "schedule", "peak_lr",
+                                                                      "weight_decay"]
+    assert "Number of trials: 4/4 (4 TERMINATED)" in smoke.out
+    assert "started with configuration" not in smoke.out and "Trial status:" not in smoke.out
     # the Optuna study is in the sqlite file, named after the sweep, for optuna-dashboard
     import optuna
     studies = optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/optuna.db")
