@@ -196,7 +196,6 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    import os
     import signal
 
     from . import ui

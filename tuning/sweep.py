@@ -282,33 +282,32 @@ def summary(result: SweepResult) -> dict:
 
 
 def note(result: SweepResult, cfg: SweepConfig, info: TaskInfo) -> str:
-    """The parent run's description (Markdown, shown by MLflow's UI): what ran, what the range tests
-    found, how the trials ended, the winner and how to re-run it."""
+    """The parent run's description (Markdown, shown by MLflow's UI): the winner and how the trials
+    ended first (what the page shows before "Show more"), then how to re-run it, what ran and what
+    the range tests found."""
     m, best = result.metric, result.best(1)
-    lines = [f"lrtune sweep **{result.name}**: {len(result.trials)} trials of {cfg.task}"
-             + (f"/{info.model}" if info.model else "") + f", {cfg.epochs} epochs each; optimizers "
-             f"{', '.join(cfg.optimizers)} x schedules {', '.join(cfg.schedules)}; search "
-             f"{cfg.search.algorithm}, {'seeded by range tests' if result.seeds else 'blind'}; "
-             f"early stopping {cfg.stopping.scheduler}; {result.wall_time:.0f} s.", ""]
+    ended = ", ".join(f"{v} {k}" for k, v in result.counts().items())
+    if best:
+        t = best[0]
+        std = t["result"].get(f"{m}_std")
+        head = (f"best {m} **{t['result'][m]:.4g}**" + (f" ± {std:.2g}" if std is not None else "")
+                + f": {t['config']['optimizer']} + {t['config']['schedule']}, peak_lr {peak_lr(t['config']):.3g}, "
+                f"weight_decay {t['config'].get('weight_decay', 0):.3g} (run {t.get('run_id')})")
+        rerun = [f"Re-run it: `lrtune export {t.get('run_id')} -o workflow.yaml --tracking-uri "
+                 f"{cfg.tracking.mlflow_uri}`, then `lrtune train workflow.yaml`.", ""]
+    else:
+        head, rerun = "no trial has a result", []
+    lines = [f"lrtune sweep **{result.name}**: {head}; {len(result.trials)} trials: {ended}.", "", *rerun,
+             f"- ran: {cfg.task}" + (f"/{info.model}" if info.model else "") + f", {cfg.epochs} epochs a trial; "
+             f"optimizers {', '.join(cfg.optimizers)} x schedules {', '.join(cfg.schedules)}; search "
+             f"{cfg.search.algorithm}, {'seeded by range tests' if result.seeds else 'blind'}; early stopping "
+             f"{cfg.stopping.scheduler}; {result.wall_time:.0f} s"]
     for opt, s in (result.seeds or {}).items():
         lo, hi = s.lr_band or (s.max_lr, s.max_lr)
         lines.append(f"- range tests, {opt}: max_lr {s.max_lr:.3g} (searched {lo:.3g}..{hi:.3g}), "
                      f"weight decay {s.weight_decay:g} chosen")
-    lines.append("- trials: " + ", ".join(f"{v} {k}" for k, v in result.counts().items()))
-    if best:
-        t = best[0]
-        std = t["result"].get(f"{m}_std")
-        lines += [f"- best: {m} **{t['result'][m]:.4g}**" + (f" ± {std:.2g}" if std is not None else "")
-                  + f": {t['config']['optimizer']} + {t['config']['schedule']}, peak_lr "
-                  f"{peak_lr(t['config']):.3g}, weight_decay {t['config'].get('weight_decay', 0):.3g} "
-                  f"(run {t.get('run_id')}, trial {t['trial_id']})", "",
-                  f"Re-run it: `lrtune export {t.get('run_id')} -o workflow.yaml --tracking-uri "
-                  f"{cfg.tracking.mlflow_uri}`, then `lrtune train workflow.yaml`."]
     trials = ui.runs_url("", result.experiment_id, m, result.mode, result.parent_run_id)
-    lines += ["", f"[This sweep's trials, best first]({trials})"]
-    else:
-        lines.append("- no trial has a result")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", f"[This sweep's trials, best first]({trials})"])
 
 
 def _history(result) -> list[dict]:
@@ -357,7 +356,7 @@ def print_summary(result: SweepResult, cfg: SweepConfig, out=None) -> None:
               f"MLflow run {t.get('run_id') or '-'}): {t['error']}", file=out)
     uri = cfg.tracking.mlflow_uri
     base = ui.base_url(uri)
-    print(f"\nMLflow UI:          " + ("(the tracking server)" if base == uri.rstrip("/") else
+    print("\nMLflow UI:          " + ("(the tracking server)" if base == uri.rstrip("/") else
                                     f"lrtune ui --tracking-uri {uri}   (or: {tracking.ui_command(uri)})"), file=out)
     print(f"The trials:         {ui.runs_url(base, result.experiment_id, m, result.mode, view_id=ui.VIEW_ID)}\n"
           f"                    (best first, with their columns: the experiment's saved view, which shows "

@@ -91,9 +91,10 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
     assert read_artifact(client, parent.info.run_id, "best_workflow.yaml") == read_artifact(
         client, best.info.run_id, "workflow.yaml")
     note = parent.data.tags["mlflow.note.content"]
-    assert note.startswith(f"lrtune sweep **{parent.info.run_name}**: 4 trials of digits/mlp, 2 epochs each")
-    assert "- trials: 4 finished, 0 stopped, 0 diverged, 0 failed" in note
-    assert f"best: accuracy **{best.data.metrics['accuracy']:.4g}**" in note and f"lrtune export {best.info.run_id}" in note
+    assert note.startswith(f"lrtune sweep **{parent.info.run_name}**: best accuracy "
+                           f"**{best.data.metrics['accuracy']:.4g}**: {best.data.params['optimizer']} + one_cycle")
+    assert "; 4 trials: 4 finished, 0 stopped, 0 diverged, 0 failed.\n" in note
+    assert f"lrtune export {best.info.run_id}" in note and "- ran: digits/mlp, 2 epochs a trial" in note
     for opt in ("adamw", "sgdw"):
         assert f"range tests, {opt}: max_lr {seeds[opt]['max_lr']:.3g}" in note
     # the progress: a line per range test as it finishes; the short warm start said so
