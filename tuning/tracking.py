@@ -1,8 +1,12 @@
-"""MLflow: a parent run per sweep, one nested run per trial (and, later, per range test). The only
-module that imports MLflow. Only the driver writes, so a sqlite store needs no server.
+"""MLflow: a parent run per sweep, one nested run per trial and per range test, the run of
+`lrtune train`, and the reads behind `report`, `export` and `ui`. The only module that imports
+MLflow. Only the driver writes, so a sqlite store needs no server.
 
 Trial runs are opened and fed by a Ray Tune callback; a trial that restarts from a checkpoint keeps
 its run (no duplicate), and each run ends with a `status` tag: finished, diverged, stopped or failed.
+The parent run ends as the sweep's summary (`Sweep.end`: best metric and run, counts, the best
+workflow, a note); the experiment's saved runs view is pointed at the newest sweep's trials.
+Models go through mlflow.pytorch (`TrainRun`, `log_best_model`).
 """
 
 from __future__ import annotations

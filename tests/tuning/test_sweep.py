@@ -214,6 +214,12 @@ def test_seeds_in_lockstep_and_a_second_objective(ray_session, tmp_path, monkeyp
         assert m["epochs_to_target"] == reached  # the first epoch whose mean reached the target
     study = optuna.load_study(study_name=parents[0].info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["accuracy", "epochs_to_target"]
+    # the parent's best is the best trial's mean, with its std
+    best = max(trials, key=lambda t: t.data.metrics["accuracy"])
+    assert parents[0].data.metrics["best_accuracy"] == best.data.metrics["accuracy"]
+    assert parents[0].data.metrics["best_accuracy_std"] == best.data.metrics["accuracy_std"]
+    assert f"best accuracy **{best.data.metrics['accuracy']:.4g}** ± " in parents[0].data.tags["mlflow.note.content"]
     by_value = sorted(tuple(t.values) for t in study.trials)
     assert by_value == sorted((t.data.metrics["accuracy"], t.data.metrics["epochs_to_target"]) for t in trials)
     capsys.readouterr()
@@ -603,6 +609,8 @@ def test_report_and_export_with_failed_trials_and_a_custom_metric(ray_session, t
     out = capsys.readouterr().out
     assert "4 trials in" in out and "2 finished, 2 failed" in out
     client, (parent,), trials, _ = _runs(tmp_path, "f1")
+    for t in trials:  # a blind trial has its normalized decay beside the absolute one too
+        assert float(t.data.params["lambda_norm"]) > 0 and t.data.params["peak_lr"] == t.data.params["lr"]
     finished = sorted((t for t in trials if t.data.tags["status"] == "finished"), key=lambda t: -t.data.metrics["f1"])
     assert len(finished) == 2 and all(len(client.get_metric_history(t.info.run_id, "f1")) == 2 for t in finished)
     assert parent.data.metrics["best_f1"] == finished[0].data.metrics["f1"] == pytest.approx(0.72)
@@ -616,3 +624,29 @@ def test_report_and_export_with_failed_trials_and_a_custom_metric(ray_session, t
     assert "2 finished, 2 failed" in out and f"lrtune export {finished[0].info.run_id}" in out
     assert main(["export", finished[0].info.run_id, "-o", str(tmp_path / "wf.yaml"), "--tracking-uri", uri]) == 0
     assert "f1=0.72" in (tmp_path / "wf.yaml").read_text()
+
+
+def test_a_trial_stopped_early_is_recorded_stopped_everywhere(ray_session, tmp_path, monkeypatch, capsys):
+    """Schedule-fair stopping ends a clearly worse constant-LR trial at its first milestone: its
+    MLflow run, its Optuna trial (COMPLETE with its value, user attribute status), the summary and
+    the parent run's counts all say `stopped`."""
+    import optuna
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _local(dict(name="stops", task="tests.tuning.user_tasks:lr_scored", epochs=4, batch_size=50,
+                      optimizers=["adamw"], schedules=["constant"],
+                      stopping=dict(scheduler="schedule_fair", grace_period=1, reduction_factor=2),
+                      search=dict(num_samples=2, max_concurrent=1, seeded=False, points_to_evaluate=[
+                          dict(optimizer="adamw", schedule="constant", lr=lr, weight_decay=1e-4, momentum=0.9)
+                          for lr in (0.01, 1e-4)])), tmp_path)
+    assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
+    assert "(1 finished, 1 stopped;" in capsys.readouterr().out
+    client, (parent,), trials, _ = _runs(tmp_path, "stops")
+    by_lr = {float(t.data.params["lr"]): t for t in trials}
+    assert by_lr[0.01].data.tags["status"] == "finished" and by_lr[0.01].data.metrics["epochs_run"] == 4
+    assert by_lr[1e-4].data.tags["status"] == "stopped" and by_lr[1e-4].data.metrics["epochs_run"] == 1
+    assert parent.data.metrics["trials_stopped"] == 1 and parent.data.metrics["trials_finished"] == 1
+    study = optuna.load_study(study_name=parent.info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
+    states = {t.user_attrs["mlflow_run_id"]: (t.state.name, t.user_attrs["status"], t.value) for t in study.trials}
+    assert states[by_lr[1e-4].info.run_id] == ("COMPLETE", "stopped", pytest.approx(-1.0 + 0.01))
+    assert states[by_lr[0.01].info.run_id] == ("COMPLETE", "finished", pytest.approx(1.04))

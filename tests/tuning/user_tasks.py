@@ -223,3 +223,18 @@ def fails_for_sgdw() -> Task:
 
     return Task("fails_for_sgdw", (x[:400], y[:400]), (x[400:], y[400:]), loss_fn=nn.functional.mse_loss,
                 metric_name="f1", train_fn=train)
+
+
+def lr_scored() -> Task:
+    """A user loop whose score per epoch is highest at lr = 0.01 and rises a little each epoch: a
+    trial far from it is clearly worse at every epoch (for early stopping)."""
+    import math
+
+    x, y = _regression()
+
+    def train(workflow: dict, report) -> None:
+        for epoch in range(1, workflow["epochs"] + 1):
+            report({"score": 1.0 - abs(math.log10(workflow["lr"]) + 2) + 0.01 * epoch})
+
+    return Task("lr_scored", (x[:400], y[:400]), (x[400:], y[400:]), loss_fn=nn.functional.mse_loss,
+                metric_name="score", train_fn=train)
