@@ -613,7 +613,7 @@ def load_task(spec: str, data_dir: str | None = None) -> Task:
             sys.path.insert(0, os.getcwd())
         try:
             module = importlib.import_module(module_name)
-        except Exception as e:  # noqa: BLE001 - a user module may raise anything at import
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a user module may raise anything at import
             raise ValueError(f"Expected task {spec!r} to name an importable module 'package.module:function' "
                              f"(searched the current directory {os.getcwd()} and sys.path), but importing "
                              f"{module_name!r} raised {type(e).__name__}: {e}{where(e)}") from None

@@ -1,16 +1,26 @@
 """The sweep config: YAML -> typed, validated objects, before anything starts.
 
 Unknown keys, wrong types and impossible values raise `ConfigError`, whose message names each
-offending key (dotted path), the rule it broke and the value given; the CLI turns it into exit 2.
+offending key (dotted path), the rule it broke and the value given (long values cut, see `cut`); the
+CLI turns it into exit 2. Nothing else escapes `load` or `parse`, whatever the file holds: a file
+that is not UTF-8, larger than MAX_BYTES, nested deeper than MAX_DEPTH or expanding (through YAML
+aliases) to more than MAX_NODES values is refused naming the file. Every float is finite, every seed
+in [0, 2**32), every string at most MAX_STR characters, and the stores' URLs name a scheme whose
+driver is installed, so that a value that passes here does not fail later, after Ray started.
 """
 
 from __future__ import annotations
 
+import re
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from trainables.workflow import OPTIMIZERS, SCHEDULES
 
@@ -18,12 +28,67 @@ Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]
 Schedule = Literal[SCHEDULES]  # type: ignore[valid-type]
 
 
+MAX_BYTES = 1_000_000  # a config file
+MAX_DEPTH = 32  # nesting of YAML collections (PyYAML composes recursively)
+MAX_NODES = 100_000  # values after YAML aliases are expanded
+MAX_STR = 4096  # characters of any string value (a path fits)
+MAX_ERRORS = 5  # errors listed in one message
+
+
 class ConfigError(ValueError):
     pass
 
 
+def cut(text: str, limit: int = 40) -> str:
+    """`text`, or its first `limit` characters and '… (N characters)': every message the loader
+    builds quotes values through this, so that none echoes a long value."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _quote(value: Any) -> str:
+    if isinstance(value, str) and len(value) > 40:
+        return f"{value[:40]!r}… ({len(value)} characters)"
+    try:
+        return cut(repr(value))
+    except RecursionError:  # parse() given deeply nested Python data (a YAML file is bounded first)
+        return f"a {type(value).__name__} nested too deeply to show"
+
+
+def _seed(v: int) -> int:
+    if not 0 <= v < 2**32:
+        raise ValueError("a seed is an integer in [0, 2**32) (numpy's seeding range)")
+    return v
+
+
+Seed = Annotated[int, AfterValidator(_seed)]
+
+
+def _driver(url: str) -> str | None:
+    """Why SQLAlchemy cannot open `url` here (no such dialect, its driver not installed), or None."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import NoSuchModuleError
+
+    try:
+        dialect = make_url(url).get_dialect()
+    except NoSuchModuleError:
+        return f"SQLAlchemy has no dialect {cut(url.partition(':')[0])!r}"
+    except Exception as e:  # noqa: BLE001 - ArgumentError, or a dialect plugin's own error
+        return f"not a SQLAlchemy URL ({cut(str(e), 80)})"
+    try:
+        (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()
+    except Exception as e:  # noqa: BLE001 - a driver may fail to import in any way
+        return f"the driver of {cut(url.partition(':')[0])!r} is not installed ({type(e).__name__}: {cut(str(e), 80)})"
+    return None
+
+
+_DATABASES = ("sqlite:///path.db, or dialect+driver://user@host/db with the driver installed "
+              "(postgresql+psycopg2, mysql+pymysql, mssql+pyodbc)")
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    # allow_inf_nan=False: a nan or inf passes every bound (nan compares False) and fails in a trial.
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True, allow_inf_nan=False,
+                              str_max_length=MAX_STR)
 
 
 class RangeTest(_Strict):
@@ -56,7 +121,7 @@ class Search(_Strict):
     num_samples: int = Field(16, ge=1)
     max_concurrent: int = Field(2, ge=1)
     seeded: bool = True
-    seed: int = 0
+    seed: Seed = 0
     # Trials of your own to run first (after the seeded warm start), as Ray Tune's points_to_evaluate:
     # values of the search's parameters, e.g. {optimizer: adamw, schedule: constant, lr: 0.001}.
     points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
@@ -80,7 +145,7 @@ class Stopping(_Strict):
 
 
 class Resources(_Strict):
-    cpu: float = Field(1.0, gt=0)
+    cpu: float = Field(1.0, gt=0, le=1024)
     gpu: float = Field(0.0, ge=0)
 
     @field_validator("gpu")
@@ -101,11 +166,33 @@ class Tracking(_Strict):
     # with mlflow.pytorch, beside the metrics it was measured with.
     log_best_model: bool = False
 
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _mlflow_store(cls, v: str) -> str:
+        scheme = urlsplit(v).scheme
+        if v.strip() and (v == "databricks" or scheme in ("", "file", "http", "https", "databricks")):
+            return v
+        if scheme.partition("+")[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+            why = _driver(v)
+            if why is None:
+                return v
+        else:
+            why = f"MLflow has no tracking store {cut(scheme or v)!r}"
+        raise ValueError(f"{why}; allowed: a folder, file:, http(s)://, databricks, or {_DATABASES}")
+
+    @field_validator("optuna_storage")
+    @classmethod
+    def _optuna_storage(cls, v: str) -> str:
+        why = _driver(v)
+        if why is not None:
+            raise ValueError(f"{why}; allowed: {_DATABASES}")
+        return v
+
 
 class SweepConfig(_Strict):
     name: str = "sweep"
     task: str = "mnist1d"
-    model: str | None = None
+    model: str | None = Field(None, max_length=64)
     data_dir: str | None = None  # for tasks that read local files (cifar10)
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(100, ge=1)
@@ -127,7 +214,7 @@ class SweepConfig(_Strict):
     # trial) every `keep_checkpoints` checkpoints so that no state names a deleted checkpoint.
     keep_checkpoints: int = Field(4, ge=1)
     threads_per_trial: int = Field(1, ge=1)
-    seed: int = 0
+    seed: Seed = 0
     seeds: int = Field(1, ge=1)  # each trial trains this many seeds in lockstep: mean ± std
     # Step features (workflow keys): a value is fixed for every trial, a list is searched (categorical).
     accumulate: int | list[int] = Field(1)  # micro-batches per optimizer step
@@ -149,13 +236,29 @@ class SweepConfig(_Strict):
             raise ValueError("a max gradient norm > 0, or a non-empty list of them (omit for no clipping)")
         return v
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        # The name becomes a directory (name-YYYYmmdd-HHMMSS, found again by --resume) and the
+        # `lrtune.sweep` tag that MLflow filter strings match: with no quote, slash or glob character
+        # in it, no name can break a path or a filter (tracking.quoted quotes it all the same).
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v):
+            raise ValueError("a name of at most 64 letters, digits, '_', '-' and '.', starting with a letter "
+                             "or digit (it names the sweep's directory and MLflow runs)")
+        return v
+
     @field_validator("task")
     @classmethod
     def _task_name(cls, v: str) -> str:
         from trainables.tasks import BUILTIN
 
-        if v not in BUILTIN and ":" not in v:
+        if v in BUILTIN:
+            return v
+        if ":" not in v:
             raise ValueError(f"a built-in task ({', '.join(BUILTIN)}) or 'package.module:function'")
+        module, _, function = v.partition(":")
+        if not (len(v) <= 200 and function.isidentifier() and all(p.isidentifier() for p in module.split("."))):
+            raise ValueError("'package.module:function': Python names, at most 200 characters")
         return v
 
 
@@ -197,7 +300,7 @@ class WorkflowConfig(_Strict):
     accumulate: int = Field(1, ge=1)
     grad_clip: float | None = Field(None, gt=0)
     decay_norm_and_bias: bool = False
-    seed: int = 0
+    seed: Seed = 0
     seeds: int = Field(1, ge=1)
     threads: int = Field(1, ge=1)
     amp: bool | None = None
@@ -225,13 +328,38 @@ def _allowed(loc: tuple, model: type[BaseModel] = SweepConfig) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(err: dict, model: type[BaseModel] = SweepConfig) -> str:
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+def _key(loc: tuple, model: type[BaseModel]) -> str:
+    """The dotted key of an error's location, without the names pydantic gives the members of a
+    union (`accumulate.list[int].0` is `accumulate.0`)."""
+    parts, loc = [], list(loc)
+    while loc:
+        part = loc.pop(0)
+        parts.append(str(part) if re.fullmatch(r"[\w-]+", str(part)) else repr(part))  # an unknown key: quoted
+        field = model.model_fields.get(str(part)) if model is not None else None
+        model = None
+        if field is None:
+            continue
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif (typing.get_origin(ann) in (typing.Union, types.UnionType) and loc and isinstance(loc[0], str)
+              and len([a for a in typing.get_args(ann) if a is not type(None)]) > 1):
+            loc.pop(0)
+    return cut(".".join(parts)) or "(top level)"
+
+
+def _describe(err: dict, model: type[BaseModel] = SweepConfig, listed: set | None = None) -> str:
+    """One error as 'key: rule (got value)'; `listed`: the sections whose allowed keys were listed
+    already (by an earlier unknown key of the same message)."""
+    key = _key(err["loc"], model)
     if err["type"] == "extra_forbidden":
-        return (f"{key}: unknown key (value {err['input']!r}); allowed here: "
-                f"{', '.join(_allowed(err['loc'], model))}")
+        section = tuple(err["loc"][:-1])
+        allowed = "as above" if listed is not None and section in listed else ", ".join(_allowed(err["loc"], model))
+        if listed is not None:
+            listed.add(section)
+        return f"{key}: unknown key (value {_quote(err['input'])}); allowed here: {allowed}"
     msg = err["msg"].removeprefix("Value error, ")
-    return f"{key}: {msg} (got {err.get('input')!r})"
+    return f"{key}: {cut(msg, 300)} (got {_quote(err.get('input'))})"
 
 
 def parse(data: dict | None, source: str = "config", model: type[BaseModel] = SweepConfig):
@@ -242,8 +370,73 @@ def parse(data: dict | None, source: str = "config", model: type[BaseModel] = Sw
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        lines = [_describe(err, model) for err in e.errors(include_url=False)]
-        raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
+        errors = e.errors(include_url=False)
+        listed: set = set()
+        lines = list(dict.fromkeys(_describe(err, model, listed) for err in errors))
+        more = f"\n  (and {len(lines) - MAX_ERRORS} more)" if len(lines) > MAX_ERRORS else ""
+        raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines[:MAX_ERRORS]) + more) from None
+
+
+def _shape(text: str, source: str) -> None:
+    """Refuse a document nested deeper than MAX_DEPTH, expanding to more than MAX_NODES values, or
+    holding an alias to a collection that contains it, from PyYAML's event stream (which, unlike
+    its composer, does not recurse)."""
+    frames: list[list] = []  # per open collection: anchor, values inside, height
+    anchors: dict[str, tuple[int, int]] = {}  # anchor -> (values, height) of its node
+    total = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            frames.append([event.anchor, 1, 0])
+            total += 1
+            if len(frames) > MAX_DEPTH:
+                raise ConfigError(f"{source}: nested deeper than {MAX_DEPTH} levels (line {event.start_mark.line + 1})")
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            anchor, values, height = frames.pop()
+            node = (values, height + 1)
+            if anchor is not None:
+                anchors[anchor] = node
+        elif isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1
+            if any(f[0] == event.anchor for f in frames):
+                raise ConfigError(f"{source}: the alias *{cut(event.anchor)} (line {line}) is inside the "
+                                  f"collection it names")
+            node = anchors.get(event.anchor, (1, 0))  # an unknown anchor: the composer names it
+            if len(frames) + node[1] > MAX_DEPTH:
+                raise ConfigError(f"{source}: nested deeper than {MAX_DEPTH} levels, through the alias "
+                                  f"*{cut(event.anchor)} (line {line})")
+            total += node[0]
+        elif isinstance(event, yaml.ScalarEvent):
+            node = (1, 0)
+            total += 1
+            if event.anchor is not None:
+                anchors[event.anchor] = node
+        else:
+            continue
+        if total > MAX_NODES:
+            raise ConfigError(f"{source}: more than {MAX_NODES} values (YAML aliases expanded)")
+        if frames:
+            frames[-1][1] += node[0]
+            frames[-1][2] = max(frames[-1][2], node[1])
+
+
+def _yaml(text: str, source: str) -> Any:
+    try:
+        _shape(text, source)
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(x for x in (e.context, e.problem) if x)
+        raise ConfigError(f"{source}: not valid YAML{where}: {cut(what, 200)}") from None
+    except yaml.YAMLError as e:  # the reader's: a character YAML does not allow
+        raise ConfigError(f"{source}: not valid YAML: {cut(str(e), 200)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PyYAML's constructors raise ValueError & co. (`!!int x`)
+        raise ConfigError(f"{source}: not valid YAML: {type(e).__name__}: {cut(str(e), 200)}") from None
 
 
 def load(path: str | Path, model: type[BaseModel] = SweepConfig):
@@ -252,7 +445,15 @@ def load(path: str | Path, model: type[BaseModel] = SweepConfig):
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse(data, str(path), model)
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(f"{path}: {len(raw)} bytes; a config file is at most {MAX_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text: byte {e.start} (0x{raw[e.start]:02x}, line {line}) "
+                          f"is not valid UTF-8") from None
+    return parse(_yaml(text, str(path)), str(path), model)
