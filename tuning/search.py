@@ -282,20 +282,27 @@ class _FinalValueSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass
 
+    def _describe(self, ot_trial, trial_id: str, result: dict | None, error: bool) -> None:
+        """The user attributes of a trial about to be told (ATTRS, status, Tune's and MLflow's ids)."""
+        config = self._configs.pop(trial_id, {})
+        status = "failed" if error or not result else {"running": "stopped"}.get(
+            result.get("status"), result.get("status", "finished"))
+        for k in self.ATTRS:
+            if isinstance(config.get(k), (int, float)):
+                ot_trial.set_user_attr(k, float(config[k]))
+        ot_trial.set_user_attr("status", status)
+        ot_trial.set_user_attr("tune_trial_id", trial_id)
+        run_id = self.run_id_of(trial_id) if self.run_id_of is not None else None
+        if run_id:
+            ot_trial.set_user_attr("mlflow_run_id", run_id)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and trial_id not in self._completed_trials:
-            config = self._configs.pop(trial_id, {})
-            status = "failed" if error or not result else {"running": "stopped"}.get(
-                result.get("status"), result.get("status", "finished"))
-            for k in self.ATTRS:
-                if isinstance(config.get(k), (int, float)):
-                    ot_trial.set_user_attr(k, float(config[k]))
-            ot_trial.set_user_attr("status", status)
-            ot_trial.set_user_attr("tune_trial_id", trial_id)
-            run_id = self.run_id_of(trial_id) if self.run_id_of is not None else None
-            if run_id:
-                ot_trial.set_user_attr("mlflow_run_id", run_id)
+            try:
+                self._describe(ot_trial, trial_id, result, error)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # told before a driver died (a resumed sweep): its attributes were set then
         if result and result.get("status") == "failed":  # the task's code raised: FAIL, not PRUNED
             result, error = None, True
         super().on_trial_complete(trial_id, result, error)
