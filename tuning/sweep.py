@@ -80,6 +80,7 @@ class TaskInfo:
     micro_batches: int  # batches per epoch, before accumulation
     examples: int  # training examples per epoch (B of the normalized decay)
     has_range_test: bool  # models, data and loss for the range tests
+    checkpoint_bytes: int = 0  # about one trial checkpoint's size (preflight's disk-space check)
 
 
 def prepare(cfg: SweepConfig) -> TaskInfo:
@@ -115,7 +116,18 @@ def prepare(cfg: SweepConfig) -> TaskInfo:
         if "one_cycle" in cfg.schedules and 0.25 * total <= 1:
             raise ConfigError(f"epochs: one_cycle needs more than 4 steps in all (its warm-up is a quarter "
                               f"of them); epochs={cfg.epochs} x {micro // a} steps gives {total}")
-    return TaskInfo(model, task.metric_name, task.mode, loop, micro, examples, has_range_test)
+    return TaskInfo(model, task.metric_name, task.mode, loop, micro, examples, has_range_test,
+                    _state_bytes(task, model) * cfg.seeds)
+
+
+def _state_bytes(task, model: str | None) -> int:
+    """About what one checkpoint of a trial holds: the model's weights and buffers, and an optimizer
+    state of twice the weights (AdamW's two moments; SGD's momentum is one). 0 for a task without
+    lrtune's models (its own loop keeps its own state)."""
+    if model is None or not task.models:
+        return 0
+    state = task.models[model]().state_dict()
+    return 3 * sum(t.numel() * t.element_size() for t in state.values() if hasattr(t, "numel"))
 
 
 def _last_epoch(trial_id: str, result: dict) -> bool:
@@ -201,7 +213,8 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     # the tracking UI, and the event writer costs ~6 ms of the driver's loop per epoch of every trial.
     # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 in the environment brings it back.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    preflight.check(cfg, _abs(cfg.storage_path or "ray_results"), ray.nodes())  # before any run is written
+    preflight.check(cfg, _abs(cfg.storage_path or "ray_results"), ray.nodes(),  # before any run is written
+                    info.checkpoint_bytes)
     stores.commit_without_waiting(cfg.tracking.mlflow_uri, cfg.tracking.optuna_storage)
     sweep = tracking.Sweep(cfg.tracking.mlflow_uri, cfg.tracking.experiment, name, cfg.model_dump(),
                            resume=resume, metric=info.metric, mode=info.mode)
