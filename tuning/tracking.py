@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,7 +58,11 @@ class Sweep:
 
     def __init__(self, uri: str, experiment: str, name: str, config: dict, resume: bool = False,
                  metric: str = "accuracy", mode: str = "max"):
-        self.client = MlflowClient(tracking_uri=uri)
+        if uri.startswith(("http://", "https://")):
+            # MLflow's own HTTP retries back off silently for ~4 min; fewer, and TrialRuns waits
+            # for the server visibly (TrialRuns._retrying)
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        self.client, self.uri = MlflowClient(tracking_uri=uri), uri
         self.name, self.metric = name, metric
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
@@ -194,8 +199,33 @@ class TrialRuns(tune.Callback):
         self._pending, self.plots, self._created = [], [], {}
 
     def later(self, fn, *args) -> None:
-        """Run fn(*args) on the logging thread, after what is queued (errors surface in close())."""
-        self._pending.append(self._pool.submit(fn, *args))
+        """Run fn(*args) on the logging thread, after what is queued (errors surface in close()),
+        waiting out a tracking server that does not answer (`_retrying`)."""
+        self._pending.append(self._pool.submit(self._retrying, fn, *args))
+
+    def _retrying(self, fn, *args):
+        """fn(*args), again every RETRY_S while the tracking server does not answer (restarting, or
+        its network down), for up to GIVE_UP_S; says so when it starts waiting, once a minute, and
+        when the server is back. The trials go on meanwhile; their results queue here."""
+        waited, said = 0.0, None
+        while True:
+            try:
+                result = fn(*args)
+            except MlflowException as e:
+                if not _unreachable(e) or waited >= GIVE_UP_S:
+                    raise
+                if said is None or waited - said >= 60:
+                    print(f"lrtune: the MLflow tracking server at {self.sweep.uri} does not answer; logging "
+                          f"waits and retries every {RETRY_S:g} s, the trials go on (waited {waited:.0f} s; "
+                          f"{str(e)[:160]})", file=sys.stderr, flush=True)
+                    said = waited
+                time.sleep(RETRY_S)
+                waited += RETRY_S
+                continue
+            if said is not None:
+                print(f"lrtune: the MLflow tracking server at {self.sweep.uri} answers again after "
+                      f"{waited:.0f} s; the logging catches up", file=sys.stderr, flush=True)
+            return result
 
     def _run_id(self, trial_id: str, cfg: dict) -> str:
         if trial_id not in self.runs and self.sweep.resumed:  # it may have the run already
@@ -439,6 +469,15 @@ def _metrics(result: dict, now: int) -> list:
     step = int(result.get("epoch", result.get("training_iteration", 0)))
     return [Metric(RENAMED.get(k, k), float(v), now, step) for k, v in sorted(result.items())
             if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+
+RETRY_S, GIVE_UP_S = 5.0, 30 * 60.0  # while a tracking server does not answer
+
+
+def _unreachable(e: MlflowException) -> bool:
+    """Whether MLflow's HTTP client could not reach the server (not a refusal by the server)."""
+    text = str(e)
+    return "Max retries exceeded" in text or "Connection refused" in text or "ConnectionError" in text
 
 
 def _status(last: dict) -> str:
