@@ -389,8 +389,9 @@ class SweepView:
             f"tags.`{PARENT_TAG}` = '{self.run_id}' and tags.`lrtune.kind` = '{kind}'"))
 
     def ranked(self) -> tuple[list[dict], str]:
-        """One row per trial, best first in the sweep's mode (runs without the metric last), and the
-        metric's name (the parent's `lrtune.metric` tag)."""
+        """One row per trial, best first in the sweep's mode (failed runs and runs without the
+        metric last: a failed trial never ranks, whatever it reported first), and the metric's name
+        (the parent's `lrtune.metric` tag)."""
         trials = self._children("trial")
         metric, sign = self.metric, -1.0 if self.mode == "max" else 1.0
         rows = []
@@ -403,7 +404,7 @@ class SweepView:
                              optimizer=p.get("optimizer", "?"), schedule=p.get("schedule", "?"),
                              lr=float(lr) if lr else float("nan"),
                              weight_decay=float(p.get("weight_decay", "nan"))))
-        rows.sort(key=lambda r: (r["metric"] is None, sign * (r["metric"] or 0.0)))
+        rows.sort(key=lambda r: (r["metric"] is None or r["status"] == "failed", sign * (r["metric"] or 0.0)))
         return rows, metric
 
     def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
