@@ -1,7 +1,9 @@
 """`lrtune sweep`: the Ray Tune run of one sweep — Tuner, Optuna searcher, resources, MLflow runs.
 
 Validation happens before Ray starts (config, task, model); MLflow's parent run is ended with the
-sweep's real status whatever happens, so no run is left open.
+sweep's real status whatever happens, so no run is left open. A signal (SIGINT, SIGTERM, SIGHUP)
+stops the sweep one way (`StopSignals`): the trials stop, Tune saves its experiment state, the open
+runs and the parent end KILLED and `Interrupted` says which signal it was; a second one exits at once.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import functools
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +192,63 @@ class SweepFailed(RuntimeError):
     """Every trial of a sweep failed: the sweep has no result (its parent run is FAILED)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal stopped the sweep: its open runs and its parent run ended KILLED."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopSignals:
+    """While a sweep runs, SIGINT, SIGTERM and SIGHUP stop it one way: outside Tune's loop as
+    `Interrupted` raised in the main thread; inside it (`fitting`) through Tune's own interrupt
+    event, so that Tune stops the trials and saves its experiment state and fit() returns (Ray's
+    SIGTERM handler would exit mid-loop and its C++ side abort). Tune's own SIGINT handler is
+    switched off (TUNE_DISABLE_SIGINT_HANDLER) so that every signal comes here; its event is set
+    by calling the handler it installs for SIGUSR1. A second signal calls `at_once(first signal)`
+    (given a few seconds: it may wait on a store the interrupted main thread holds) and exits
+    with 128 + the first. The previous handlers are back after the sweep."""
+
+    def __init__(self, at_once):
+        self.received: list[int] = []
+        self.fitting, self.at_once = False, at_once
+
+    def install(self) -> None:
+        self.active = threading.current_thread() is threading.main_thread()  # signal.signal needs it
+        if self.active:
+            self.previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+            self.tune_sigint = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+            for s in STOP_SIGNALS:
+                signal.signal(s, self._handle)
+
+    def restore(self) -> None:
+        if self.active:
+            for s, handler in self.previous.items():
+                signal.signal(s, handler)
+            if self.tune_sigint is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self.tune_sigint
+
+    def _handle(self, signum, frame) -> None:
+        self.received.append(signum)
+        if len(self.received) > 1:
+            last = threading.Thread(target=self.at_once, args=(self.received[0],), daemon=True)
+            last.start()
+            last.join(5.0)
+            os._exit(128 + self.received[0])
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if self.fitting and getattr(tune_stop, "__name__", "") == "signal_interrupt_tune_run":
+            tune_stop(signum, frame)
+        else:
+            raise Interrupted(signum)
+
+
 def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> SweepResult:
     info = prepare(cfg)
     path = find_sweep(cfg) if resume else None
@@ -208,7 +269,9 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     trial_runs = tracking.TrialRuns(sweep, schedule_png_in_ray)
     status, ended = "FAILED", False
     t0, started_at = time.perf_counter(), time.time()
+    signals = StopSignals(functools.partial(tracking.kill_at_once, sweep, trial_runs))
     try:
+        signals.install()
         seeds, range_s = seed_search(cfg, info, sweep, trial_runs.later) if cfg.search.seeded else (None, 0.0)
         trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         callbacks = [trial_runs, CSVLoggerCallback(), JsonLoggerCallback()]
@@ -236,7 +299,11 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                     # retries a trial whose worker or node was lost; the task's own exceptions end
                     # the trial as failed in the trainable and are never retried
                     failure_config=tune.FailureConfig(max_failures=2)))
+        signals.fitting = True
         grid = tuner.fit()
+        signals.fitting = False
+        if signals.received:
+            raise Interrupted(signals.received[0])
         if seeds and (extended := search.band_extensions(cfg.tracking.optuna_storage, name)):
             sweep.log_band_extensions(extended)  # also those a resumed search made (no live hook)
         trial_runs.reconcile([dict(trial_id=r.metrics.get("trial_id"), config=r.config,
@@ -263,12 +330,16 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
         status = "KILLED"
         raise
     finally:
-        if not ended:
-            try:
-                trial_runs.close(abandoned=status)
-            finally:
-                sweep.end(status, note=f"lrtune sweep {name} ended {status} before it finished: "
-                                       f"`lrtune sweep <config> --resume` continues it.")
+        try:
+            if not ended:
+                try:
+                    trial_runs.close(abandoned=status)
+                finally:
+                    why = f" by {signal.Signals(signals.received[0]).name}" if signals.received else ""
+                    sweep.end(status, note=f"lrtune sweep {name} ended {status}{why} before it finished: "
+                                           f"`lrtune sweep <config> --resume` continues it.")
+        finally:
+            signals.restore()
 
 
 def summary(result: SweepResult) -> dict:

@@ -179,6 +179,7 @@ class TrialRuns(tune.Callback):
         self.open: set[str] = set()  # runs not yet ended, likewise
         self.logged: dict[str, int] = {}  # trial id -> last epoch logged, likewise
         self.last: dict[str, dict] = {}
+        self.configs: dict[str, dict] = {}  # trial id -> its config, likewise
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtune-mlflow")
         self._pending: list[Future] = []
         self._created: dict[str, Future] = {}  # trial id -> the creation of its run
@@ -198,6 +199,7 @@ class TrialRuns(tune.Callback):
         self._pending.append(self._pool.submit(fn, *args))
 
     def _run_id(self, trial_id: str, cfg: dict) -> str:
+        self.configs[trial_id] = cfg
         if trial_id not in self.runs and self.sweep.resumed:  # it may have the run already
             found = self.client.search_runs([self.sweep.experiment_id], max_results=1, filter_string=(
                 f"tags.`{PARENT_TAG}` = '{self.sweep.run_id}' and tags.`lrtune.trial_id` = '{trial_id}'"))
@@ -330,17 +332,35 @@ class TrialRuns(tune.Callback):
 
     def close(self, abandoned: str | None = None) -> None:
         """Wait for the queued logging. With `abandoned` (the sweep's MLflow status, e.g. KILLED),
-        also end the trial runs still open, tagged `stopped`, so that no run is left running."""
+        also end the trial runs still open as a trial's run ends (tagged `stopped`, with epochs_run,
+        the epochs it logged, and workflow.yaml), so that no run is left running."""
         self.later(self._log_plots, True)
         pending, self._pending = self._pending, []
         errors = [f.exception() for f in pending if f.exception() is not None]
         if abandoned:
+            trial_of = {run_id: trial_id for trial_id, run_id in self.runs.items()}
             for run_id in sorted(self.open):
-                self.client.set_tag(run_id, "status", "stopped")
+                trial_id = trial_of.get(run_id)
+                self.client.log_batch(run_id, tags=[RunTag("status", "stopped")], metrics=[
+                    Metric("epochs_run", float(self.logged.get(trial_id, 0)), int(time.time() * 1000), 0)])
+                if trial_id in self.configs:
+                    self.client.log_text(run_id, yaml.safe_dump(workflow_of(self.configs[trial_id]), sort_keys=False),
+                                         WORKFLOW_ARTIFACT)
                 self.client.set_terminated(run_id, abandoned)
             self.open.clear()
         if errors:
             raise RuntimeError(f"{len(errors)} MLflow logging call(s) failed; first: {errors[0]!r}") from errors[0]
+
+
+def kill_at_once(sweep: Sweep, trial_runs: TrialRuns, signum: int) -> None:
+    """End the sweep's open trial runs and its parent run KILLED, without waiting for the queued
+    logging (a second signal: the sweep exits at once; `--resume` completes the runs)."""
+    for run_id in list(trial_runs.open):
+        sweep.client.set_terminated(run_id, "KILLED")
+    sweep.client.set_tag(sweep.run_id, NOTE_TAG, f"lrtune sweep {sweep.name} ended KILLED by a second signal "
+                                                 f"({signum}) before it finished: `lrtune sweep <config> --resume` "
+                                                 f"continues it.")
+    sweep.client.set_terminated(sweep.run_id, "KILLED")
 
 
 class SweepView:

@@ -2,9 +2,11 @@
 record (runs per status, epochs per run, Optuna trial states, files), and `--resume` repairs it:
 every trial done once, every epoch logged once, nothing left RUNNING, one parent run."""
 
+import contextlib
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -71,11 +73,11 @@ def _wait_for(proc: subprocess.Popen, ready, timeout: float = 60) -> None:
 
 
 def _a_trial_at_epoch_1(tmp: Path):
+    """Ready when a trial has logged an epoch; read with sqlite3, read-only: an MlflowClient would
+    create the store's tables while the sweep does."""
     def ready():
-        if not (tmp / "mlflow.db").exists():
-            return False
-        client, _, trials = _runs(tmp)
-        return any(client.get_metric_history(t.info.run_id, "score") for t in trials)
+        with contextlib.closing(sqlite3.connect(f"file:{tmp}/mlflow.db?mode=ro", uri=True)) as db:
+            return db.execute("select count(*) from metrics where key = 'score'").fetchone()[0] > 0
     return ready
 
 
