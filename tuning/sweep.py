@@ -148,14 +148,19 @@ def init_ray(address: str | None = "local") -> None:
 
 
 def find_sweep(cfg: SweepConfig) -> str:
-    """The newest sweep directory of this config's name under its storage path (for --resume)."""
+    """The newest sweep of this config's name (for --resume): its directory under the storage path,
+    which does not exist yet when the sweep was stopped before its trials (in the range tests):
+    the sweep is then found by its MLflow parent run."""
     root = Path(_abs(cfg.storage_path or "ray_results"))
     pattern = re.compile(rf"{re.escape(cfg.name)}-\d{{8}}-\d{{6}}")
-    found = sorted(p for p in root.glob(f"{cfg.name}-*") if pattern.fullmatch(p.name))
+    found = {p.name for p in root.glob(f"{cfg.name}-*") if pattern.fullmatch(p.name)}
+    found |= {n for n in tracking.sweep_names(cfg.tracking.mlflow_uri, cfg.tracking.experiment, f"{cfg.name}-")
+              if pattern.fullmatch(n)}
     if not found:
-        raise ConfigError(f"--resume: no sweep named {cfg.name!r} under {root} to resume "
-                          f"(directories {cfg.name}-YYYYmmdd-HHMMSS); run it without --resume first")
-    return str(found[-1])
+        raise ConfigError(f"--resume: no sweep named {cfg.name!r} under {root} or in MLflow experiment "
+                          f"{cfg.tracking.experiment!r} to resume (named {cfg.name}-YYYYmmdd-HHMMSS); run it "
+                          f"without --resume first")
+    return str(root / max(found))
 
 
 def seed_search(cfg: SweepConfig, info: TaskInfo, sweep: tracking.Sweep, later) -> tuple[dict, float]:
@@ -166,6 +171,8 @@ def seed_search(cfg: SweepConfig, info: TaskInfo, sweep: tracking.Sweep, later) 
     logged = sweep.load_seeds()
     if logged is not None:
         return {k: seeding.OptimizerSeed.from_dict(v) for k, v in logged.items()}, 0.0
+    if sweep.resumed:  # stopped in the range tests: they run again, and are logged once
+        sweep.drop_range_tests()
     t0 = time.perf_counter()
     print(f"lrtune: {len(cfg.optimizers) * len(cfg.range_test.weight_decays)} range tests (optimizers "
           f"{', '.join(cfg.optimizers)} x weight decays {', '.join(f'{w:g}' for w in cfg.range_test.weight_decays)}) "
@@ -304,6 +311,9 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
         signals.fitting = False
         if signals.received:
             raise Interrupted(signals.received[0])
+        if closed := search.close_running(cfg.tracking.optuna_storage, name):
+            print(f"lrtune: {closed} Optuna trial(s) of a killed driver told FAIL (their Tune trials were lost)",
+                  flush=True)
         if seeds and (extended := search.band_extensions(cfg.tracking.optuna_storage, name)):
             sweep.log_band_extensions(extended)  # also those a resumed search made (no live hook)
         trial_runs.reconcile([dict(trial_id=r.metrics.get("trial_id"), config=r.config,

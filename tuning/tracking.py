@@ -148,6 +148,13 @@ class Sweep:
             self.client.set_tag(self.run_id, NOTE_TAG, note)
         self.client.set_terminated(self.run_id, status)
 
+    def drop_range_tests(self) -> None:
+        """Delete the range-test runs logged before an interruption that came before the seeds were
+        (the resumed sweep runs its range tests again)."""
+        for run in self.client.search_runs([self.experiment_id], max_results=10_000, filter_string=(
+                f"tags.`{PARENT_TAG}` = '{self.run_id}' and tags.`lrtune.kind` = 'range_test'")):
+            self.client.delete_run(run.info.run_id)
+
     def trial_runs(self) -> list:
         return self.client.search_runs([self.experiment_id],
                                        filter_string=f"tags.`{PARENT_TAG}` = '{self.run_id}'",
@@ -350,6 +357,22 @@ class TrialRuns(tune.Callback):
             self.open.clear()
         if errors:
             raise RuntimeError(f"{len(errors)} MLflow logging call(s) failed; first: {errors[0]!r}") from errors[0]
+
+
+def sweep_names(uri: str, experiment: str, prefix: str) -> list[str]:
+    """The names of the sweeps (parent runs) in `experiment` that start with `prefix`; none when
+    the store or the experiment does not exist (nothing is created)."""
+    try:
+        require_store(uri)
+    except ValueError:
+        return []
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], max_results=10_000, filter_string=(
+        f"tags.`lrtune.kind` = 'sweep' and tags.`lrtune.sweep` LIKE {quoted(prefix + '%')}"))
+    return [r.data.tags["lrtune.sweep"] for r in runs]
 
 
 def kill_at_once(sweep: Sweep, trial_runs: TrialRuns, signum: int) -> None:

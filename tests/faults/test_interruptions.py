@@ -87,8 +87,8 @@ def _rows(out: str) -> list[list[str]]:
             if re.match(r"\s*\d+\s", line) and re.search(r"\b[0-9a-f]{32}$", line.strip())]
 
 
-def _epochs(client, run) -> list[int]:
-    return sorted(m.step for m in client.get_metric_history(run.info.run_id, "score"))
+def _epochs(client, run, metric: str = "score") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, metric))
 
 
 def _study(tmp: Path, parent):
@@ -115,7 +115,7 @@ def _assert_interrupted(tmp: Path, code: int, out: str, expected_code: int) -> N
             assert t.data.tags["status"] == "finished" and len(epochs) == EPOCHS
 
 
-def _assert_resumed(tmp: Path, trials_expected: int = 2) -> None:
+def _assert_resumed(tmp: Path, trials_expected: int = 2, epochs: int = EPOCHS, metric: str = "score") -> None:
     """After --resume: one parent FINISHED, every trial once and FINISHED with every epoch once,
     every Optuna trial COMPLETE (none RUNNING), no trial directory without its trial."""
     client, parents, trials = _runs(tmp)
@@ -124,8 +124,8 @@ def _assert_resumed(tmp: Path, trials_expected: int = 2) -> None:
     assert len({t.data.tags["lrtune.trial_id"] for t in trials}) == trials_expected
     for t in trials:
         assert t.info.status == "FINISHED" and t.data.tags["status"] == "finished"
-        assert _epochs(client, t) == list(range(1, EPOCHS + 1))
-        assert t.data.metrics["epochs_run"] == EPOCHS
+        assert _epochs(client, t, metric) == list(range(1, epochs + 1))
+        assert t.data.metrics["epochs_run"] == epochs
     assert parents[0].data.metrics["trials_finished"] == trials_expected
     study = _study(tmp, parents[0])
     assert [s.state.name for s in study.trials] == ["COMPLETE"] * trials_expected
@@ -196,3 +196,32 @@ def test_a_trial_whose_step_raises_is_failed_and_never_the_best(tmp_path):
     assert report.returncode == 0, report.stderr
     assert f"lrtune export {best.info.run_id}" in report.stdout
     assert [r[-1] for r in _rows(report.stdout)[:2]] == [best.info.run_id, next(t.info.run_id for t in finished if t is not best)]
+
+
+def _range_tests_running(tmp: Path):
+    def ready():
+        with contextlib.closing(sqlite3.connect(f"file:{tmp}/mlflow.db?mode=ro", uri=True)) as db:
+            return db.execute("select count(*) from tags where key = 'lrtune.kind' and value = 'sweep'").fetchone()[0]
+    return ready
+
+
+def test_killed_in_the_range_tests_resume_reuses_the_parent(tmp_path):
+    """Point 3: a sweep killed (SIGKILL) while its range tests run has no Ray directory yet; --resume
+    used to refuse it ("no sweep named ...") and the parent stayed RUNNING. It is found by its
+    MLflow parent run, which is reused (one parent, FINISHED), and its range tests logged once."""
+    _config(tmp_path, task="digits", model="mlp", epochs=2, range_test=dict(num_iter=30, weight_decays=[0, 1e-4]),
+            search=dict(num_samples=2, max_concurrent=1, seeded=True, seed=0))
+    proc = _start(tmp_path)
+    _wait_for(proc, _range_tests_running(tmp_path))
+    proc.kill()
+    proc.wait(30)
+    _, parents, trials = _runs(tmp_path)
+    assert [p.info.status for p in parents] == ["RUNNING"] and not trials
+    assert not (tmp_path / "ray_results").exists() or not list((tmp_path / "ray_results").iterdir())
+    code, out = _finish(_start(tmp_path, "--resume"))
+    assert code == 0, out[-3000:]
+    _assert_resumed(tmp_path, epochs=2, metric="accuracy")
+    client, (parent,), _ = _runs(tmp_path)
+    tests = client.search_runs([parent.info.experiment_id], filter_string="tags.`lrtune.kind` = 'range_test'")
+    assert len(tests) == 2 and all(t.info.status == "FINISHED" for t in tests)
+    assert parent.data.tags["lrtune.resumed"] == "true"
