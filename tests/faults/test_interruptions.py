@@ -225,3 +225,29 @@ def test_killed_in_the_range_tests_resume_reuses_the_parent(tmp_path):
     tests = client.search_runs([parent.info.experiment_id], filter_string="tags.`lrtune.kind` = 'range_test'")
     assert len(tests) == 2 and all(t.info.status == "FINISHED" for t in tests)
     assert parent.data.tags["lrtune.resumed"] == "true"
+
+
+def _a_trial_started(tmp: Path):
+    def ready():
+        with contextlib.closing(sqlite3.connect(f"file:{tmp}/mlflow.db?mode=ro", uri=True)) as db:
+            return db.execute("select count(*) from tags where key = 'lrtune.kind' and value = 'trial'").fetchone()[0]
+    return ready
+
+
+def test_killed_as_a_trial_starts_resume_runs_each_warm_start_point_once(tmp_path):
+    """Point 4: the driver killed (SIGKILL) right after its first trial started. After --resume each
+    warm-start point has run exactly once, no Optuna trial is left RUNNING or told twice, and no
+    trial directory is left without its trial."""
+    points = [dict(optimizer="adamw", schedule="constant", lr=lr, weight_decay=1e-4, momentum=0.9) for lr in (0.01, 0.02)]
+    _config(tmp_path, search=dict(num_samples=3, max_concurrent=1, seeded=False, seed=0, points_to_evaluate=points))
+    proc = _start(tmp_path)
+    _wait_for(proc, _a_trial_started(tmp_path))
+    proc.kill()
+    proc.wait(30)
+    code, out = _finish(_start(tmp_path, "--resume"))
+    assert code == 0, out[-3000:]
+    assert "Cannot tell a COMPLETE trial" not in out
+    _assert_resumed(tmp_path, trials_expected=3)
+    _, _, trials = _runs(tmp_path)
+    lrs = sorted(float(t.data.params["lr"]) for t in trials)
+    assert lrs.count(0.01) == 1 and lrs.count(0.02) == 1, lrs
