@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the sweep has no result: a range test refused (its diagnosis says why)
 or the task's code raised in one (both before any trial ran), or every trial failed; 2 bad input (a
-config error names the key, the rule and the value, and nothing has started).
+config error names the key, the rule and the value, and nothing has started); 128 + the signal
+that stopped a sweep: 130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP (its runs ended KILLED).
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ def _sweep(args: argparse.Namespace) -> int:
     except (SeedingRefused, RangeTestFailed, SweepFailed) as e:
         print(f"lrtune: {e}", file=sys.stderr)
         return EXIT_REFUSED
+    except KeyboardInterrupt as e:
+        import signal
+
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"lrtune: sweep {cfg.name} stopped by {signal.Signals(signum).name}: its unfinished trials and "
+              f"its MLflow parent run ended KILLED; `lrtune sweep {args.config} --resume` continues it",
+              file=sys.stderr)
+        return 128 + signum
     print_summary(result, cfg)
     return 0
 

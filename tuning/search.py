@@ -111,6 +111,21 @@ class Bands:
         return new
 
 
+def close_running(storage: str, study_name: str) -> int:
+    """Tell FAIL the study's trials still RUNNING once Tune has ended the sweep: their Tune trials
+    were lost with a killed driver and will never report (a resumed sweep runs new ones). Returns
+    how many; none when the study does not exist (the sweep never started a trial)."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return 0
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in running:
+        study._storage.set_trial_user_attr(t._trial_id, "status", "failed")
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return len(running)
+
+
 def band_extensions(storage: str, study_name: str) -> list[dict]:
     """Every band extension a sweep's search made so far (the study's record)."""
     study = optuna.load_study(study_name=study_name, storage=storage)

@@ -1,7 +1,9 @@
 """`lrtune sweep`: the Ray Tune run of one sweep — Tuner, Optuna searcher, resources, MLflow runs.
 
 Validation happens before Ray starts (config, task, model); MLflow's parent run is ended with the
-sweep's real status whatever happens, so no run is left open.
+sweep's real status whatever happens, so no run is left open. A signal (SIGINT, SIGTERM, SIGHUP)
+stops the sweep one way (`StopSignals`): the trials stop, Tune saves its experiment state, the open
+runs and the parent end KILLED and `Interrupted` says which signal it was; a second one exits at once.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import functools
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,14 +160,19 @@ def init_ray(address: str | None = "local") -> None:
 
 
 def find_sweep(cfg: SweepConfig) -> str:
-    """The newest sweep directory of this config's name under its storage path (for --resume)."""
+    """The newest sweep of this config's name (for --resume): its directory under the storage path,
+    which does not exist yet when the sweep was stopped before its trials (in the range tests):
+    the sweep is then found by its MLflow parent run."""
     root = Path(_abs(cfg.storage_path or "ray_results"))
     pattern = re.compile(rf"{re.escape(cfg.name)}-\d{{8}}-\d{{6}}")
-    found = sorted(p for p in root.glob(f"{cfg.name}-*") if pattern.fullmatch(p.name))
+    found = {p.name for p in root.glob(f"{cfg.name}-*") if pattern.fullmatch(p.name)}
+    found |= {n for n in tracking.sweep_names(cfg.tracking.mlflow_uri, cfg.tracking.experiment, f"{cfg.name}-")
+              if pattern.fullmatch(n)}
     if not found:
-        raise ConfigError(f"--resume: no sweep named {cfg.name!r} under {root} to resume "
-                          f"(directories {cfg.name}-YYYYmmdd-HHMMSS); run it without --resume first")
-    return str(found[-1])
+        raise ConfigError(f"--resume: no sweep named {cfg.name!r} under {root} or in MLflow experiment "
+                          f"{cfg.tracking.experiment!r} to resume (named {cfg.name}-YYYYmmdd-HHMMSS); run it "
+                          f"without --resume first")
+    return str(root / max(found))
 
 
 def seed_search(cfg: SweepConfig, info: TaskInfo, sweep: tracking.Sweep, later) -> tuple[dict, float]:
@@ -174,6 +183,8 @@ def seed_search(cfg: SweepConfig, info: TaskInfo, sweep: tracking.Sweep, later) 
     logged = sweep.load_seeds()
     if logged is not None:
         return {k: seeding.OptimizerSeed.from_dict(v) for k, v in logged.items()}, 0.0
+    if sweep.resumed:  # stopped in the range tests: they run again, and are logged once
+        sweep.drop_range_tests()
     t0 = time.perf_counter()
     print(f"lrtune: {len(cfg.optimizers) * len(cfg.range_test.weight_decays)} range tests (optimizers "
           f"{', '.join(cfg.optimizers)} x weight decays {', '.join(f'{w:g}' for w in cfg.range_test.weight_decays)}) "
@@ -200,6 +211,63 @@ class SweepFailed(RuntimeError):
     """Every trial of a sweep failed: the sweep has no result (its parent run is FAILED)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal stopped the sweep: its open runs and its parent run ended KILLED."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopSignals:
+    """While a sweep runs, SIGINT, SIGTERM and SIGHUP stop it one way: outside Tune's loop as
+    `Interrupted` raised in the main thread; inside it (`fitting`) through Tune's own interrupt
+    event, so that Tune stops the trials and saves its experiment state and fit() returns (Ray's
+    SIGTERM handler would exit mid-loop and its C++ side abort). Tune's own SIGINT handler is
+    switched off (TUNE_DISABLE_SIGINT_HANDLER) so that every signal comes here; its event is set
+    by calling the handler it installs for SIGUSR1. A second signal calls `at_once(first signal)`
+    (given a few seconds: it may wait on a store the interrupted main thread holds) and exits
+    with 128 + the first. The previous handlers are back after the sweep."""
+
+    def __init__(self, at_once):
+        self.received: list[int] = []
+        self.fitting, self.at_once = False, at_once
+
+    def install(self) -> None:
+        self.active = threading.current_thread() is threading.main_thread()  # signal.signal needs it
+        if self.active:
+            self.previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+            self.tune_sigint = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+            for s in STOP_SIGNALS:
+                signal.signal(s, self._handle)
+
+    def restore(self) -> None:
+        if self.active:
+            for s, handler in self.previous.items():
+                signal.signal(s, handler)
+            if self.tune_sigint is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self.tune_sigint
+
+    def _handle(self, signum, frame) -> None:
+        self.received.append(signum)
+        if len(self.received) > 1:
+            last = threading.Thread(target=self.at_once, args=(self.received[0],), daemon=True)
+            last.start()
+            last.join(5.0)
+            os._exit(128 + self.received[0])
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if self.fitting and getattr(tune_stop, "__name__", "") == "signal_interrupt_tune_run":
+            tune_stop(signum, frame)
+        else:
+            raise Interrupted(signum)
+
+
 def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> SweepResult:
     info = prepare(cfg)
     path = find_sweep(cfg) if resume else None
@@ -221,7 +289,9 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     trial_runs = tracking.TrialRuns(sweep, schedule_png_in_ray)
     status, ended = "FAILED", False
     t0, started_at = time.perf_counter(), time.time()
+    signals = StopSignals(functools.partial(tracking.kill_at_once, sweep, trial_runs))
     try:
+        signals.install()
         seeds, range_s = seed_search(cfg, info, sweep, trial_runs.later) if cfg.search.seeded else (None, 0.0)
         trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         callbacks = [trial_runs, CSVLoggerCallback(), JsonLoggerCallback()]
@@ -249,7 +319,14 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                     # retries a trial whose worker or node was lost; the task's own exceptions end
                     # the trial as failed in the trainable and are never retried
                     failure_config=tune.FailureConfig(max_failures=2)))
+        signals.fitting = True
         grid = tuner.fit()
+        signals.fitting = False
+        if signals.received:
+            raise Interrupted(signals.received[0])
+        if closed := search.close_running(cfg.tracking.optuna_storage, name):
+            print(f"lrtune: {closed} Optuna trial(s) of a killed driver told FAIL (their Tune trials were lost)",
+                  flush=True)
         if seeds and (extended := search.band_extensions(cfg.tracking.optuna_storage, name)):
             sweep.log_band_extensions(extended)  # also those a resumed search made (no live hook)
         trial_runs.reconcile([dict(trial_id=r.metrics.get("trial_id"), config=r.config,
@@ -276,12 +353,16 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
         status = "KILLED"
         raise
     finally:
-        if not ended:
-            try:
-                trial_runs.close(abandoned=status)
-            finally:
-                sweep.end(status, note=f"lrtune sweep {name} ended {status} before it finished: "
-                                       f"`lrtune sweep <config> --resume` continues it.")
+        try:
+            if not ended:
+                try:
+                    trial_runs.close(abandoned=status)
+                finally:
+                    why = f" by {signal.Signals(signals.received[0]).name}" if signals.received else ""
+                    sweep.end(status, note=f"lrtune sweep {name} ended {status}{why} before it finished: "
+                                           f"`lrtune sweep <config> --resume` continues it.")
+        finally:
+            signals.restore()
 
 
 def summary(result: SweepResult) -> dict:

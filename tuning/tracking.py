@@ -153,6 +153,13 @@ class Sweep:
             self.client.set_tag(self.run_id, NOTE_TAG, note)
         self.client.set_terminated(self.run_id, status)
 
+    def drop_range_tests(self) -> None:
+        """Delete the range-test runs logged before an interruption that came before the seeds were
+        (the resumed sweep runs its range tests again)."""
+        for run in self.client.search_runs([self.experiment_id], max_results=10_000, filter_string=(
+                f"tags.`{PARENT_TAG}` = '{self.run_id}' and tags.`lrtune.kind` = 'range_test'")):
+            self.client.delete_run(run.info.run_id)
+
     def trial_runs(self) -> list:
         return self.client.search_runs([self.experiment_id],
                                        filter_string=f"tags.`{PARENT_TAG}` = '{self.run_id}'",
@@ -184,6 +191,7 @@ class TrialRuns(tune.Callback):
         self.open: set[str] = set()  # runs not yet ended, likewise
         self.logged: dict[str, int] = {}  # trial id -> last epoch logged, likewise
         self.last: dict[str, dict] = {}
+        self.configs: dict[str, dict] = {}  # trial id -> its config, likewise
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtune-mlflow")
         self._pending: list[Future] = []
         self._created: dict[str, Future] = {}  # trial id -> the creation of its run
@@ -228,6 +236,7 @@ class TrialRuns(tune.Callback):
             return result
 
     def _run_id(self, trial_id: str, cfg: dict) -> str:
+        self.configs[trial_id] = cfg
         if trial_id not in self.runs and self.sweep.resumed:  # it may have the run already
             found = self.client.search_runs([self.sweep.experiment_id], max_results=1, filter_string=(
                 f"tags.`{PARENT_TAG}` = '{self.sweep.run_id}' and tags.`lrtune.trial_id` = '{trial_id}'"))
@@ -360,17 +369,51 @@ class TrialRuns(tune.Callback):
 
     def close(self, abandoned: str | None = None) -> None:
         """Wait for the queued logging. With `abandoned` (the sweep's MLflow status, e.g. KILLED),
-        also end the trial runs still open, tagged `stopped`, so that no run is left running."""
+        also end the trial runs still open as a trial's run ends (tagged `stopped`, with epochs_run,
+        the epochs it logged, and workflow.yaml), so that no run is left running."""
         self.later(self._log_plots, True)
         pending, self._pending = self._pending, []
         errors = [f.exception() for f in pending if f.exception() is not None]
         if abandoned:
+            trial_of = {run_id: trial_id for trial_id, run_id in self.runs.items()}
             for run_id in sorted(self.open):
-                self.client.set_tag(run_id, "status", "stopped")
+                trial_id = trial_of.get(run_id)
+                self.client.log_batch(run_id, tags=[RunTag("status", "stopped")], metrics=[
+                    Metric("epochs_run", float(self.logged.get(trial_id, 0)), int(time.time() * 1000), 0)])
+                if trial_id in self.configs:
+                    self.client.log_text(run_id, yaml.safe_dump(workflow_of(self.configs[trial_id]), sort_keys=False),
+                                         WORKFLOW_ARTIFACT)
                 self.client.set_terminated(run_id, abandoned)
             self.open.clear()
         if errors:
             raise RuntimeError(f"{len(errors)} MLflow logging call(s) failed; first: {errors[0]!r}") from errors[0]
+
+
+def sweep_names(uri: str, experiment: str, prefix: str) -> list[str]:
+    """The names of the sweeps (parent runs) in `experiment` that start with `prefix`; none when
+    the store or the experiment does not exist (nothing is created)."""
+    try:
+        require_store(uri)
+    except ValueError:
+        return []
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], max_results=10_000, filter_string=(
+        f"tags.`lrtune.kind` = 'sweep' and tags.`lrtune.sweep` LIKE {quoted(prefix + '%')}"))
+    return [r.data.tags["lrtune.sweep"] for r in runs]
+
+
+def kill_at_once(sweep: Sweep, trial_runs: TrialRuns, signum: int) -> None:
+    """End the sweep's open trial runs and its parent run KILLED, without waiting for the queued
+    logging (a second signal: the sweep exits at once; `--resume` completes the runs)."""
+    for run_id in list(trial_runs.open):
+        sweep.client.set_terminated(run_id, "KILLED")
+    sweep.client.set_tag(sweep.run_id, NOTE_TAG, f"lrtune sweep {sweep.name} ended KILLED by a second signal "
+                                                 f"({signum}) before it finished: `lrtune sweep <config> --resume` "
+                                                 f"continues it.")
+    sweep.client.set_terminated(sweep.run_id, "KILLED")
 
 
 class SweepView:
@@ -419,8 +462,9 @@ class SweepView:
             f"tags.`{PARENT_TAG}` = '{self.run_id}' and tags.`lrtune.kind` = '{kind}'"))
 
     def ranked(self) -> tuple[list[dict], str]:
-        """One row per trial, best first in the sweep's mode (runs without the metric last), and the
-        metric's name (the parent's `lrtune.metric` tag)."""
+        """One row per trial, best first in the sweep's mode (failed runs and runs without the
+        metric last: a failed trial never ranks, whatever it reported first), and the metric's name
+        (the parent's `lrtune.metric` tag)."""
         trials = self._children("trial")
         metric, sign = self.metric, -1.0 if self.mode == "max" else 1.0
         rows = []
@@ -433,7 +477,7 @@ class SweepView:
                              optimizer=p.get("optimizer", "?"), schedule=p.get("schedule", "?"),
                              lr=float(lr) if lr else float("nan"),
                              weight_decay=float(p.get("weight_decay", "nan"))))
-        rows.sort(key=lambda r: (r["metric"] is None, sign * (r["metric"] or 0.0)))
+        rows.sort(key=lambda r: (r["metric"] is None or r["status"] == "failed", sign * (r["metric"] or 0.0)))
         return rows, metric
 
     def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
