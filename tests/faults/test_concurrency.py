@@ -155,3 +155,20 @@ def test_a_bad_address_is_refused(tmp_path, address):
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "ray.address" in done.stderr, done.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]
+
+
+def test_resume_finds_the_newest_sweep_old_names_too(tmp_path):
+    from tuning.config import parse
+    from tuning.sweep import find_sweep
+
+    cfg = parse(dict(name="twice", storage_path=str(tmp_path)))
+    for name in ["twice-20250101-120000", "twice-20250101-120000-ab12", "twice-2025-oops", "twice-x-20250101-130000"]:
+        (tmp_path / name).mkdir()
+    assert Path(find_sweep(cfg)).name == "twice-20250101-120000-ab12"
+    (tmp_path / "twice-20250101-115959-ffff").mkdir()  # made later, named earlier
+    assert Path(find_sweep(cfg)).name == "twice-20250101-120000-ab12"
+    time.sleep(0.01)
+    (tmp_path / "twice-20250101-120000-0000").mkdir()  # the same second: the directory made last
+    assert Path(find_sweep(cfg)).name == "twice-20250101-120000-0000"
+    (tmp_path / "twice-20250101-120001").mkdir()  # an old name, newer
+    assert Path(find_sweep(cfg)).name == "twice-20250101-120001"
