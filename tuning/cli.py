@@ -61,9 +61,11 @@ def _range_test(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .config import load
+    from .config import load, parse
 
     cfg = load(args.config)  # a ConfigError (exit 2) before Ray starts
+    if args.address:
+        cfg = parse({**cfg.model_dump(), "ray": {"address": args.address}}, "--address")
     from .seeding import RangeTestFailed, SeedingRefused
     from .sweep import SweepFailed, print_summary, run_sweep  # Ray and MLflow load only for a valid config
 
@@ -276,6 +278,10 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--resume", action="store_true",
                     help="continue this config's newest interrupted sweep (same Ray Tune experiment, "
                          "Optuna study and MLflow parent run); finished trials are not run again")
+    sw.add_argument("--address", default=None,
+                    help="the Ray cluster to run on: auto (this node's) or host:port (default: the "
+                         "config's ray.address, else a local Ray of the sweep's own; $RAY_ADDRESS is "
+                         "not read)")
     sw.set_defaults(run=_sweep)
     ex = sub.add_parser("export", help="write a trial's workflow as a YAML that `lrtune train` re-runs")
     ex.add_argument("run_id", metavar="RUN_ID", help="the trial's MLflow run id (see `lrtune report`)")

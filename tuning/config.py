@@ -189,6 +189,21 @@ class Tracking(_Strict):
         return v
 
 
+class Ray(_Strict):
+    # None: `lrtune sweep` starts a local Ray of its own (its own temp dir), never joining a cluster
+    # that a `ray start` left running on the machine, whatever $RAY_ADDRESS says. "auto" joins the
+    # cluster of this node; host:port (or ray://host:port, Ray Client) joins that one.
+    address: str | None = Field(None, max_length=256)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"auto|(ray://)?[A-Za-z0-9_.-]+:\d{1,5}|(ray://)?\[[0-9A-Fa-f:]+\]:\d{1,5}", v):
+            raise ValueError("a Ray cluster: auto (this node's), host:port or ray://host:port; "
+                             "omit it for a local Ray of the sweep's own")
+        return v
+
+
 class SweepConfig(_Strict):
     name: str = "sweep"
     task: str = "mnist1d"
@@ -203,6 +218,7 @@ class SweepConfig(_Strict):
     stopping: Stopping = Stopping()
     resources: Resources = Resources()
     tracking: Tracking = Tracking()
+    ray: Ray = Ray()
     storage_path: str | None = None  # Ray Tune results and checkpoints; default ./ray_results
     # A trial checkpoints after an epoch once this many seconds have passed since its last checkpoint
     # (or its start), and after its last epoch; 0: after every epoch. A lost node or a killed driver

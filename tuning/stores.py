@@ -5,12 +5,20 @@ Tune's loop per trial started, each MLflow call on the logging thread. In WAL mo
 append to the -wal file beside the database, synced at checkpoints; a crash of the process loses
 nothing committed, a crash of the machine may lose the last commits but never corrupts the file.
 sqlite's WAL needs the file on a local disk (not NFS), as a sqlite store does anyway.
+
+Also the first use of a store: MLflow (alembic) and Optuna create their tables when they first open
+a new database, and two sweeps opening one at once both try (`table _alembic_tmp_experiments already
+exists`). `create_schemas` makes them under a lock file beside each sqlite file, before the sweep's
+runs are written, so that a second sweep finds them made; the only MLflow and Optuna calls outside
+tuning/tracking.py and tuning/search.py, because the lock is about the files, not the runs.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
+from contextlib import contextmanager
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -22,9 +30,7 @@ def commit_without_waiting(*uris: str) -> None:
     """Set up every connection this process opens from now on to the sqlite stores among `uris`
     (URIs of SQLAlchemy, as MLflow and Optuna take them; others are left alone). A hook on every
     engine's connections, not on one engine: MLflow and Optuna build their own."""
-    for uri in uris:
-        if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
-            _FILES.add(os.path.realpath(uri[len("sqlite:///"):]))
+    _FILES.update(file for file in map(_sqlite_file, uris) if file)
     if not event.contains(Engine, "connect", _on_connect):
         event.listen(Engine, "connect", _on_connect)
 
@@ -36,3 +42,36 @@ def _on_connect(connection, _record) -> None:
     if file and os.path.realpath(file) in _FILES:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def create_schemas(mlflow_uri: str, optuna_storage: str) -> None:
+    """MLflow's and Optuna's tables (and MLflow's Default experiment), made under `<db>.lock` when
+    a store is a sqlite file: of two processes the second waits, then finds them. Other stores
+    (a tracking server, a database server) are left to MLflow and Optuna."""
+    if _sqlite_file(mlflow_uri):
+        from mlflow.tracking import MlflowClient
+
+        with _locked(mlflow_uri):
+            MlflowClient(tracking_uri=mlflow_uri).search_experiments(max_results=1)
+    if _sqlite_file(optuna_storage):
+        import optuna
+
+        with _locked(optuna_storage):
+            optuna.storages.RDBStorage(optuna_storage)
+
+
+def _sqlite_file(uri: str) -> str | None:
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        return os.path.realpath(uri[len("sqlite:///"):].partition("?")[0])
+    return None
+
+
+@contextmanager
+def _locked(uri: str):
+    """An exclusive flock on the sqlite file's `<file>.lock` (kept: removing it would race too)."""
+    with open(f"{_sqlite_file(uri)}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -144,10 +145,11 @@ def _abs(path: str | None) -> str | None:
     return str(Path(path).resolve()) if path else None
 
 
-def init_ray(address: str | None = "local") -> None:
-    """Join Ray once per process: by default a new local Ray of this sweep's own ("local"), never a
-    cluster some other `ray start` left running on the machine; tuning/submit.py passes the
-    cluster's address."""
+def init_ray(address: str | None = None) -> None:
+    """Join Ray once per process. None (or "local"): a new local Ray of this sweep's own, in a temp
+    dir of its own, never a cluster some other `ray start` left running on the machine (nor the one
+    $RAY_ADDRESS names); "auto" or host:port: that cluster (`ray.address`, `lrtune sweep --address`,
+    tuning/submit.py)."""
     # Keeping few checkpoints per trial makes Tune snapshot its experiment state every few reports
     # (see SweepConfig.keep_checkpoints) and warn about it each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -155,8 +157,18 @@ def init_ray(address: str | None = "local") -> None:
         return
     # Tune runs trials in their own directories; user task modules must stay importable there.
     path = os.pathsep.join([os.getcwd(), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
-    ray.init(address=address, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    own = {} if address not in (None, "local") else dict(_temp_dir=_ray_temp_dir())
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {"PYTHONPATH": path}}, **own)
+
+
+def _ray_temp_dir() -> str:
+    """A new folder for a local Ray's session (logs, sockets, spilled objects), so that two sweeps,
+    or a sweep and a `ray start` cluster, share no /tmp/ray/session_latest nor address file. Under
+    /tmp like Ray's own default: its Unix sockets (<dir>/session_<date>_<pid>/sockets/raylet) must
+    stay under 107 characters, and $TMPDIR can be long (macOS: /var/folders/…/T/)."""
+    base = os.environ.get("RAY_TMPDIR") or ("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir())
+    return tempfile.mkdtemp(prefix="lrtune-ray-", dir=base)
 
 
 def find_sweep(cfg: SweepConfig) -> str:
@@ -164,15 +176,18 @@ def find_sweep(cfg: SweepConfig) -> str:
     which does not exist yet when the sweep was stopped before its trials (in the range tests):
     the sweep is then found by its MLflow parent run."""
     root = Path(_abs(cfg.storage_path or "ray_results"))
-    pattern = re.compile(rf"{re.escape(cfg.name)}-\d{{8}}-\d{{6}}")
-    found = {p.name for p in root.glob(f"{cfg.name}-*") if pattern.fullmatch(p.name)}
-    found |= {n for n in tracking.sweep_names(cfg.tracking.mlflow_uri, cfg.tracking.experiment, f"{cfg.name}-")
-              if pattern.fullmatch(n)}
+    # name-YYYYmmdd-HHMMSS-xxxx; older sweeps have no suffix. Newest by the timestamp, then by when
+    # its directory was made (two sweeps started in the same second differ only by their suffix).
+    pattern = re.compile(rf"{re.escape(cfg.name)}-(\d{{8}}-\d{{6}})(-[0-9a-f]{{4}})?")
+    made = {p.name: p.stat().st_mtime_ns for p in root.glob(f"{cfg.name}-*") if pattern.fullmatch(p.name)}
+    names = set(made) | {n for n in tracking.sweep_names(cfg.tracking.mlflow_uri, cfg.tracking.experiment,
+                                                         f"{cfg.name}-") if pattern.fullmatch(n)}
+    found = sorted(names, key=lambda n: (pattern.fullmatch(n)[1], made.get(n, 0)))
     if not found:
         raise ConfigError(f"--resume: no sweep named {cfg.name!r} under {root} or in MLflow experiment "
-                          f"{cfg.tracking.experiment!r} to resume (named {cfg.name}-YYYYmmdd-HHMMSS); run it "
+                          f"{cfg.tracking.experiment!r} to resume (named {cfg.name}-YYYYmmdd-HHMMSS-xxxx); run it "
                           f"without --resume first")
-    return str(root / max(found))
+    return str(root / found[-1])
 
 
 def seed_search(cfg: SweepConfig, info: TaskInfo, sweep: tracking.Sweep, later) -> tuple[dict, float]:
@@ -271,12 +286,14 @@ class StopSignals:
 def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> SweepResult:
     info = prepare(cfg)
     path = find_sweep(cfg) if resume else None
-    name = Path(path).name if path else f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # the suffix tells apart sweeps of one config started in the same second (its own Ray directory,
+    # Optuna study and MLflow parent run each)
+    name = Path(path).name if path else f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
     constants = dict(task=cfg.task, model=info.model, epochs=cfg.epochs, batch_size=cfg.batch_size,
                      data_dir=_abs(cfg.data_dir), threads=cfg.threads_per_trial,
                      checkpoint_every_s=cfg.checkpoint_every_s, decay_norm_and_bias=cfg.decay_norm_and_bias,
                      amp=cfg.amp, gpu=cfg.resources.gpu, seed=cfg.seed, seeds=cfg.seeds, target=cfg.search.target)
-    init_ray()
+    init_ray(cfg.ray.address)
     # Tune's own result files (progress.csv, result.json) stay; its TensorBoard logger goes: MLflow is
     # the tracking UI, and the event writer costs ~6 ms of the driver's loop per epoch of every trial.
     # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 in the environment brings it back.
@@ -284,6 +301,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     preflight.check(cfg, _abs(cfg.storage_path or "ray_results"), ray.nodes(),  # before any run is written
                     info.checkpoint_bytes)
     stores.commit_without_waiting(cfg.tracking.mlflow_uri, cfg.tracking.optuna_storage)
+    stores.create_schemas(cfg.tracking.mlflow_uri, cfg.tracking.optuna_storage)
     sweep = tracking.Sweep(cfg.tracking.mlflow_uri, cfg.tracking.experiment, name, cfg.model_dump(),
                            resume=resume, metric=info.metric, mode=info.mode)
     trial_runs = tracking.TrialRuns(sweep, schedule_png_in_ray)

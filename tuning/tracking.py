@@ -52,6 +52,20 @@ NOTE_TAG = "mlflow.note.content"  # what MLflow's UI shows as a run's descriptio
 PLOT_ARTIFACT = "lr_schedule.png"  # each trial's LR and momentum per step (tuning.plots.plot_schedule)
 
 
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of the experiment `name`, made if there is none; of two sweeps making it at once, the
+    second's create fails on the unique name and it takes the first's."""
+    exp = client.get_experiment_by_name(name)
+    if exp:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        if (exp := client.get_experiment_by_name(name)) is None:
+            raise
+        return exp.experiment_id
+
+
 class Sweep:
     """The parent run of one sweep. `resume=True` reopens the parent run of the sweep named `name`
     (an interrupted one) instead of creating another."""
@@ -64,8 +78,7 @@ class Sweep:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         self.client, self.uri = MlflowClient(tracking_uri=uri), uri
         self.name, self.metric = name, metric
-        exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.experiment_id = experiment_id(self.client, experiment)
         if resume:
             found = self.client.search_runs([self.experiment_id], max_results=2, filter_string=(
                 f"tags.`lrtune.kind` = 'sweep' and tags.`lrtune.sweep` = {quoted(name)}"))
