@@ -182,7 +182,7 @@ def find_sweep(cfg: SweepConfig) -> str:
     made = {p.name: p.stat().st_mtime_ns for p in root.glob(f"{cfg.name}-*") if pattern.fullmatch(p.name)}
     names = set(made) | {n for n in tracking.sweep_names(cfg.tracking.mlflow_uri, cfg.tracking.experiment,
                                                          f"{cfg.name}-") if pattern.fullmatch(n)}
-    found = sorted(names, key=lambda n: (pattern.fullmatch(n)[1], made.get(n, 0)))
+    found = sorted(names, key=lambda n: (pattern.fullmatch(n)[1], made.get(n, 0), n))
     if not found:
         raise ConfigError(f"--resume: no sweep named {cfg.name!r} under {root} or in MLflow experiment "
                           f"{cfg.tracking.experiment!r} to resume (named {cfg.name}-YYYYmmdd-HHMMSS-xxxx); run it "
