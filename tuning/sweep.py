@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+import torch
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -131,7 +132,11 @@ def _state_bytes(task, model: str | None) -> int:
     lrtune's models (its own loop keeps its own state)."""
     if model is None or not task.models:
         return 0
-    state = task.models[model]().state_dict()
+    try:
+        with torch.device("meta"):  # shapes only: no memory, however large the model
+            state = task.models[model]().state_dict()
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta: no estimate, no refusal
+        return 0
     return 3 * sum(t.numel() * t.element_size() for t in state.values() if hasattr(t, "numel"))
 
 

@@ -500,7 +500,8 @@ def test_a_failing_user_step_is_recorded_failed_once_and_the_sweep_exits_non_zer
     assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 1
     err = capsys.readouterr().err
     assert "all 2 trials failed" in err and "bad batch shape" in err
-    assert (tmp_path / "built").read_text().count("built") == 2  # two trials, no retry
+    # two trials, no retry, and the driver's build on torch's meta device (the checkpoint-size estimate)
+    assert (tmp_path / "built").read_text().count("built") == 3
     client, parents, trials, _ = _runs(tmp_path, "raises")
     assert [p.info.status for p in parents] == ["FAILED"]
     assert len(trials) == 2
