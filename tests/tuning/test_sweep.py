@@ -413,7 +413,8 @@ def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_pa
 
 
 def _finished_in_tune(results: Path) -> list[str]:
-    """Trials whose last result in Tune's own result.json says finished (what the driver knew)."""
+    """Trials whose last result in Tune's own result.json, as copied to storage_path with the
+    experiment state, says finished (what a resumed driver will know)."""
     done = []
     for f in results.glob("*/trial_*/result.json"):
         lines = f.read_text().splitlines()
@@ -444,7 +445,10 @@ def test_resume_after_a_killed_driver_loses_no_trial_and_runs_none_twice(ray_ses
                       range_test=dict(num_iter=30, weight_decays=[0]),
                       search=dict(num_samples=n, max_concurrent=2), stopping=dict(scheduler="none")), tmp_path)
     path = _write(tmp_path, raw)
-    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address,
+    # Tune writes result.json on the driver and copies it to storage_path with its experiment state,
+    # by default every 10 s or more: a whole sweep of short trials can fit between two copies, and
+    # then the first this test sees is the last. Copies every second make "two finished" visible.
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, TUNE_GLOBAL_CHECKPOINT_S="1",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     driver = subprocess.Popen([sys.executable, "-m", "tuning.cli", "sweep", str(path), "--verbose", "0"],
                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
