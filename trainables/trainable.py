@@ -4,15 +4,19 @@ epoch that ends `checkpoint_every_s` seconds or more after its previous checkpoi
 epoch); a restarted trial continues from its last checkpoint (or its start, if it had none) and
 re-reports the epochs since. An exception raised by the task's code ends the trial with a last
 result `status: failed` that carries the error and where it was raised: Tune retries only trials
-whose worker or node was lost, never a deterministic failure. `trained_model` reads a trial's
+whose worker or node was lost, never a deterministic failure. A full disk (ENOSPC, EDQUOT, e.g.
+when a checkpoint is copied to storage_path) is not the task's failure: it is raised, as an error
+of the trial, and the driver stops the sweep to be resumed once there is room. `trained_model` reads a trial's
 model back from its checkpoint. The only module of trainables/ that touches Ray.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 import traceback
@@ -45,6 +49,24 @@ def place(task, device: torch.device):
     if device.type == "cuda" and fits_on_device(task.nbytes(), torch.cuda.mem_get_info(device)[0]):
         task.to(device)
     return task
+
+
+# a file system with no room: written so by OSError (errno) and by pyarrow, which copies checkpoints
+STORAGE_FULL = (errno.ENOSPC, errno.EDQUOT)
+STORAGE_FULL_TEXT = re.compile("|".join([*(re.escape(os.strerror(n)) for n in STORAGE_FULL),
+                                         *(rf"\[errno {n}\]" for n in STORAGE_FULL)]), re.IGNORECASE)
+
+
+def storage_full(e: BaseException | str | None) -> bool:
+    """Whether an error (or its text, e.g. Tune's error file), or one it was raised from, says a
+    disk has no room (ENOSPC, EDQUOT)."""
+    seen = set()
+    while isinstance(e, BaseException) and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in STORAGE_FULL or STORAGE_FULL_TEXT.search(str(e)):
+            return True
+        e = e.__cause__ or e.__context__
+    return isinstance(e, str) and bool(STORAGE_FULL_TEXT.search(e))
 
 
 def train(config: dict) -> None:
@@ -88,6 +110,8 @@ def train(config: dict) -> None:
     try:
         run_loop(task, config, report)
     except Exception as e:  # noqa: BLE001 - the task's code failed: record it, do not retry it
+        if storage_full(e):
+            raise  # the storage, not the task's code: an error for the driver, which stops the sweep
         last = traceback.format_exception_only(type(e), e)[-1].strip()
         # NaN objectives: Tune checks that every result has the searcher's metrics; the searcher
         # tells Optuna this trial FAILED (tuning.search), and a NaN never ranks or is logged

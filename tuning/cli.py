@@ -67,10 +67,14 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.address:
         cfg = parse({**cfg.model_dump(), "ray": {"address": args.address}}, "--address")
     from .seeding import RangeTestFailed, SeedingRefused
-    from .sweep import SweepFailed, print_summary, run_sweep  # Ray and MLflow load only for a valid config
+    from .sweep import StorageFull, SweepFailed, print_summary, run_sweep  # Ray, MLflow: for a valid config
 
     try:
         result = run_sweep(cfg, verbose=args.verbose, resume=args.resume)
+    except StorageFull as e:
+        print(f"lrtune: {e}; its unfinished trials and its MLflow parent run ended FAILED. Make room there, "
+              f"then `lrtune sweep {args.config} --resume` continues it", file=sys.stderr)
+        return EXIT_REFUSED
     except (SeedingRefused, RangeTestFailed, SweepFailed) as e:
         print(f"lrtune: {e}", file=sys.stderr)
         return EXIT_REFUSED
@@ -89,6 +93,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import yaml
 
+    from .stores import write_atomically
     from .tracking import exported_workflow, workflow_origin
 
     workflow, source = exported_workflow(args.tracking_uri, args.run_id)
@@ -97,7 +102,7 @@ def _export(args: argparse.Namespace) -> int:
               f"# its final metrics: {', '.join(f'{k}={v:.4g}' for k, v in sorted(source['metrics'].items()))}\n"
               f"# re-run: lrtune train {args.output} (its MLflow run is linked to the trial and sweep in `origin`)\n")
     origin = workflow_origin(args.tracking_uri, args.run_id)
-    _write_atomically(args.output, header + yaml.safe_dump(dict(workflow, origin=origin), sort_keys=False))
+    write_atomically(args.output, header + yaml.safe_dump(dict(workflow, origin=origin), sort_keys=False))
     print(f"wrote {args.output}: {workflow['optimizer']} + {workflow['schedule']}, {workflow['epochs']} epochs "
           f"on {workflow['task']}" + (f"/{workflow['model']}" if workflow.get("model") else ""))
     return 0
@@ -181,22 +186,6 @@ def _train(args: argparse.Namespace) -> int:
     for note in notes:
         print(note)
     return 0
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """Write via a temporary file in the same folder, so that a failure leaves no half-written file."""
-    import os
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lrtune-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _report(args: argparse.Namespace) -> int:

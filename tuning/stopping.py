@@ -32,6 +32,8 @@ from collections import defaultdict
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from .stores import write_atomically
+
 ONE_CYCLE_FRACTIONS = (0.5, 0.75)  # of a 1-cycle trial's budget: where it is compared
 
 
@@ -112,8 +114,7 @@ class ScheduleFairStopping(FIFOScheduler):
         return f"ScheduleFairStopping: {len(self.stopped)} stopped, rungs {sorted(self.rungs)}"
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+        write_atomically(checkpoint_path, pickle.dumps(self.__dict__))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:

@@ -11,6 +11,9 @@ a new database, and two sweeps opening one at once both try (`table _alembic_tmp
 exists`). `create_schemas` makes them under a lock file beside each sqlite file, before the sweep's
 runs are written, so that a second sweep finds them made; the only MLflow and Optuna calls outside
 tuning/tracking.py and tuning/search.py, because the lock is about the files, not the runs.
+
+And `write_atomically`, for the files lrtune writes itself (an exported workflow, the stopper's
+state): a full disk or a kill leaves the old file or none, never a half-written one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import tempfile
 from contextlib import contextmanager
 
 from sqlalchemy import event
@@ -75,3 +79,17 @@ def _locked(uri: str):
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_atomically(path: str, data: str | bytes) -> None:
+    """Write via a temporary file in the same folder, then rename: a failure (a full disk, a kill)
+    leaves the old file or none, never a half-written one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lrtune-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

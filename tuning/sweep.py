@@ -9,9 +9,13 @@ runs and the parent end KILLED and `Interrupted` says which signal it was; a sec
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import math
 import os
+import pickle
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -27,7 +31,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from trainables.loops import form, micro_batches
 from trainables.tasks import load_task
-from trainables.trainable import train
+from trainables.trainable import storage_full, train
 from trainables.workflow import peak_lr, workflow_of
 
 from . import preflight, search, seeding, stores, tracking, ui
@@ -195,6 +199,32 @@ def find_sweep(cfg: SweepConfig) -> str:
     return str(root / found[-1])
 
 
+def check_state(path: str) -> None:
+    """Read Tune's experiment state under `path` before Tune trusts it (--resume): a file cut short
+    (by a full disk, or a kill mid-write) is refused, naming it. Tune would fail deep in its
+    restore, or, where it finds no state, start the sweep over. The newest file of each kind is
+    checked, as what it holds: a pickle (some named .json) must end with its STOP opcode, JSON
+    must parse."""
+    root = Path(path)
+    patterns = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "tuner.pkl",
+                "trainable.pkl")
+    for f in [max(found) for pattern in patterns if (found := sorted(root.glob(pattern)))]:
+        try:
+            data = f.read_bytes()
+            if not data:
+                raise ValueError("empty")
+            if data[:1] == pickle.PROTO:
+                if not data.endswith(pickle.STOP):
+                    raise ValueError(f"a pickle of {len(data)} bytes without its end")
+            else:
+                json.loads(data)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--resume: cannot read {f} (Tune's experiment state of sweep {root.name}: "
+                              f"{str(e)[:80]}); it was cut short, by a full disk or a kill as it was written. "
+                              f"lrtune will not start the sweep over in its place: run it without --resume for "
+                              f"a new sweep (this one's trials stay in MLflow)") from None
+
+
 def seed_search(cfg: SweepConfig, info: TaskInfo, sweep: tracking.Sweep, later) -> tuple[dict, float]:
     """The range tests (as Ray tasks), each logged as a nested MLflow run (by `later`, the logging
     thread, while the trials start), read into seeds by the seeding rules; a resumed sweep reuses
@@ -229,6 +259,11 @@ def seed_search(cfg: SweepConfig, info: TaskInfo, sweep: tracking.Sweep, later) 
 
 class SweepFailed(RuntimeError):
     """Every trial of a sweep failed: the sweep has no result (its parent run is FAILED)."""
+
+
+class StorageFull(SweepFailed):
+    """storage_path ran out of room mid-sweep: the sweep was stopped as a signal stops it (its open
+    runs and its parent ended FAILED) and `--resume` continues it once there is room."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -281,16 +316,89 @@ class StopSignals:
             last.start()
             last.join(5.0)
             os._exit(128 + self.received[0])
-        tune_stop = signal.getsignal(signal.SIGUSR1)
-        if self.fitting and getattr(tune_stop, "__name__", "") == "signal_interrupt_tune_run":
-            tune_stop(signum, frame)
-        else:
+        if not self.stop_tune(signum, frame):
             raise Interrupted(signum)
+
+    def stop_tune(self, signum: int = signal.SIGUSR1, frame=None) -> bool:
+        """Ask Tune's loop, when in it, to stop the trials, save its state and return from fit()."""
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if not (self.fitting and getattr(tune_stop, "__name__", "") == "signal_interrupt_tune_run"):
+            return False
+        quiet = logging.getLogger("ray.tune.tune")  # its "Stop signal received" only for a signal
+        disabled, quiet.disabled = quiet.disabled, not self.received
+        try:
+            tune_stop(signum, frame)
+        finally:
+            quiet.disabled = disabled
+        return True
+
+
+class DiskFull(tune.Callback):
+    """Watches for a full disk where Tune writes (storage_path): in a trial's error (a checkpoint that
+    could not be copied there) and in Tune's own copy of its experiment state, whose traceback it
+    keeps off the console (a filter on that logger). Seen once, it stops Tune's loop as a signal
+    does, at the next step of the loop (`stop`), and the sweep ends with one message."""
+
+    # Tune's copy of its state, its trial errors, its closing lines (a Tuner.restore hint: not ours)
+    LOGGERS = ("ray.tune.execution.experiment_state", "ray.tune.execution.tune_controller", "ray.tune.tune")
+
+    def __init__(self, stop):
+        self.stop, self.seen = stop, None
+
+    def __enter__(self):
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        return self
+
+    def __exit__(self, *exc):
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+        if storage_full(text):
+            if record.name == self.LOGGERS[0]:
+                self.seen = self.seen or "Tune's experiment state"
+            return False
+        return not (self.seen and record.name == self.LOGGERS[2])
+
+    def _trial_failed(self, trial) -> None:
+        error = Path(trial.error_file).read_text(errors="replace") if trial.error_file and \
+            os.path.exists(trial.error_file) else ""
+        if storage_full(error):
+            self.seen = self.seen or f"trial {trial.trial_id}'s checkpoint"
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._trial_failed(trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._trial_failed(trial)
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.seen and self.stop:
+            self.stop, stop = None, self.stop
+            stop()
+
+
+def _remove_cut_files(experiment: Path) -> None:
+    """Empty files Tune left on a full disk (an error.pkl, a checkpoint's file: copies that found no
+    room), with the checkpoint folders holding one: Tune registers a checkpoint only once copied, so
+    none of these is in its experiment state. Its own empty marker file stays."""
+    empty = [f for f in experiment.rglob("*") if f.is_file() and f.stat().st_size == 0]
+    for f in empty:
+        if f.name != ".validate_storage_marker":
+            checkpoint = next((p for p in f.parents if p.name.startswith("checkpoint_")), None)
+            if checkpoint is not None and checkpoint.is_relative_to(experiment):
+                shutil.rmtree(checkpoint, ignore_errors=True)
+            else:
+                f.unlink(missing_ok=True)
 
 
 def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> SweepResult:
     info = prepare(cfg)
     path = find_sweep(cfg) if resume else None
+    if path:
+        check_state(path)  # before Ray starts or any run is touched
     # the suffix tells apart sweeps of one config started in the same second (its own Ray directory,
     # Optuna study and MLflow parent run each)
     name = Path(path).name if path else f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
@@ -303,7 +411,8 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     # the tracking UI, and the event writer costs ~6 ms of the driver's loop per epoch of every trial.
     # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 in the environment brings it back.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    preflight.check(cfg, _abs(cfg.storage_path or "ray_results"), ray.nodes(),  # before any run is written
+    storage = _abs(cfg.storage_path or "ray_results")
+    preflight.check(cfg, storage, ray.nodes(),  # before any run is written
                     info.checkpoint_bytes)
     stores.commit_without_waiting(cfg.tracking.mlflow_uri, cfg.tracking.optuna_storage)
     stores.create_schemas(cfg.tracking.mlflow_uri, cfg.tracking.optuna_storage)
@@ -313,11 +422,13 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     status, ended = "FAILED", False
     t0, started_at = time.perf_counter(), time.time()
     signals = StopSignals(functools.partial(tracking.kill_at_once, sweep, trial_runs))
+    full = DiskFull(signals.stop_tune)
+    why = ""
     try:
         signals.install()
         seeds, range_s = seed_search(cfg, info, sweep, trial_runs.later) if cfg.search.seeded else (None, 0.0)
         trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
-        callbacks = [trial_runs, CSVLoggerCallback(), JsonLoggerCallback()]
+        callbacks = [trial_runs, CSVLoggerCallback(), JsonLoggerCallback(), full]
         if path and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
             # Tune restores the callbacks it pickled; use this run's (no public API: ray#41364).
@@ -335,7 +446,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                     num_samples=cfg.search.num_samples, max_concurrent_trials=cfg.search.max_concurrent,
                     reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
                 run_config=tune.RunConfig(
-                    name=name, storage_path=_abs(cfg.storage_path or "ray_results"), verbose=verbose,
+                    name=name, storage_path=storage, verbose=verbose,
                     progress_reporter=_progress(info.metric, info.mode, verbose),
                     stop=_last_epoch, callbacks=callbacks,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
@@ -343,10 +454,20 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                     # the trial as failed in the trainable and are never retried
                     failure_config=tune.FailureConfig(max_failures=2)))
         signals.fitting = True
-        grid = tuner.fit()
+        try:
+            with full:
+                grid = tuner.fit()
+        except Exception:
+            if not full.seen:
+                raise
+            # Tune reads back what it wrote on the full disk (an empty error.pkl: EOFError)
         signals.fitting = False
         if signals.received:
             raise Interrupted(signals.received[0])
+        if full.seen:
+            _remove_cut_files(Path(storage, name))
+            why = f": storage_path {storage} is full ({full.seen} could not be written there)"
+            raise StorageFull(f"sweep {name} stopped{why}")
         if closed := search.close_running(cfg.tracking.optuna_storage, name):
             print(f"lrtune: {closed} Optuna trial(s) of a killed driver told FAIL (their Tune trials were lost)",
                   flush=True)
@@ -381,7 +502,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                 try:
                     trial_runs.close(abandoned=status)
                 finally:
-                    why = f" by {signal.Signals(signals.received[0]).name}" if signals.received else ""
+                    why = f" by {signal.Signals(signals.received[0]).name}" if signals.received else why
                     sweep.end(status, note=f"lrtune sweep {name} ended {status}{why} before it finished: "
                                            f"`lrtune sweep <config> --resume` continues it.")
         finally:

@@ -1,27 +1,56 @@
 """Storage: a sweep whose storage_path has no room for its checkpoints is refused before anything
 starts (exit 2, naming storage_path, what is free and what it needs), also when the disk is full
-from the start, where writing an empty file still succeeds. A real small file system (tmpfs)."""
+from the start, where writing an empty file still succeeds. A disk that fills mid-sweep stops it
+with one message, records that tell the truth and no empty files, and `--resume` finishes it once
+there is room; a state file cut short is refused by `--resume`, naming it. A real small file
+system (tmpfs)."""
 
+import contextlib
+import json
+import shutil
+import sqlite3
 import subprocess
+import threading
+import time
 
+import optuna
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from tuning import preflight
 from tuning.cli import main
 from tuning.config import parse
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MB tmpfs (needs root or CAP_SYS_ADMIN, as CI has)."""
+def _tmpfs(tmp_path, size: str):
+    """A tmpfs of `size` (needs root or CAP_SYS_ADMIN, as CI has)."""
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or done.returncode}): needs root")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    yield from _tmpfs(tmp_path, "4m")
+
+
+@pytest.fixture
+def disk_8m(tmp_path):
+    yield from _tmpfs(tmp_path, "8m")
+
+
+def _fill(folder) -> None:
+    """Write zeros into folder/filler until the disk has no room (ENOSPC)."""
+    with open(folder / "filler", "wb") as f:
+        with pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 2**16)
+                f.flush()
 
 
 def _config(tmp_path, storage_path, **over) -> str:
@@ -51,11 +80,7 @@ def test_a_storage_path_without_room_is_refused_before_anything_starts(full, sma
                                                                       monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     if full:
-        with open(small_disk / "filler", "wb") as f:  # fill it: writing then fails with ENOSPC
-            with pytest.raises(OSError):
-                while True:
-                    f.write(b"\0" * 2**16)
-                    f.flush()
+        _fill(small_disk)  # writing then fails with ENOSPC
     with pytest.raises(SystemExit) as e:
         main(["sweep", _config(tmp_path, small_disk / "results"), "--verbose", "0"])
     err = capsys.readouterr().err
@@ -76,3 +101,100 @@ def test_a_sweep_that_fits_on_the_small_disk_runs_there(small_disk, ray_session,
     assert main(["sweep", path, "--verbose", "0"]) == 0
     assert "2 trials in" in capsys.readouterr().out
     assert len(list((small_disk / "results").glob("disk-*/trial_*/checkpoint_*"))) == 2
+
+
+def test_a_disk_full_mid_sweep_stops_it_and_resume_finishes_it_once_there_is_room(disk_8m, ray_session, tmp_path,
+                                                                                 monkeypatch, capfd):
+    """The disk fills once a trial has logged three epochs: Tune cannot copy a checkpoint (or its
+    experiment state) there. The sweep stops at once, exit 1, one message naming storage_path and
+    the command that continues; no traceback; the parent run FAILED, no run left RUNNING, no empty
+    file left. `--resume` then refuses a state file cut short, naming it, and changes nothing;
+    with the file whole and room made, it finishes every trial once, every epoch logged once."""
+    monkeypatch.chdir(tmp_path)
+    path = _config(tmp_path, disk_8m / "results", stopping=dict(scheduler="none"))
+    cfg = yaml.safe_load(open(path))
+    cfg["search"].update(num_samples=3, max_concurrent=1)
+    cfg["epochs"] = 20
+    open(path, "w").write(yaml.safe_dump(cfg))
+
+    def fill_at_epoch_3():
+        while True:
+            with contextlib.suppress(sqlite3.Error), \
+                    contextlib.closing(sqlite3.connect(f"file:{tmp_path}/mlflow.db?mode=ro", uri=True)) as db:
+                if db.execute("select count(*) from metrics where key = 'accuracy'").fetchone()[0] >= 3:
+                    break
+            time.sleep(0.1)
+        _fill(disk_8m)
+
+    filler = threading.Thread(target=fill_at_epoch_3, daemon=True)
+    filler.start()
+    assert main(["sweep", path, "--verbose", "0"]) == 1
+    filler.join(5)
+    out, err = capfd.readouterr()
+    mine = [line for line in err.splitlines() if line.startswith("lrtune:")]
+    assert len(mine) == 1, err[-3000:]
+    assert f"storage_path {disk_8m / 'results'} is full (" in mine[0] and f"lrtune sweep {path} --resume" in mine[0]
+    assert "Traceback" not in out + err, (out + err)[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = lambda: client.search_runs([client.get_experiment_by_name("disk").experiment_id], max_results=100)  # noqa: E731
+    before = runs()
+    [parent] = [r for r in before if r.data.tags.get("lrtune.kind") == "sweep"]
+    assert parent.info.status == "FAILED" and "is full" in parent.data.tags["mlflow.note.content"]
+    assert "RUNNING" not in {r.info.status for r in before}
+    [experiment] = (disk_8m / "results").iterdir()
+    assert [f.name for f in experiment.rglob("*") if f.is_file() and f.stat().st_size == 0] == \
+        [".validate_storage_marker"]  # Tune's own marker: empty by design
+
+    [state] = experiment.glob("experiment_state-*.json")
+    whole = state.read_bytes()
+    state.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", path, "--verbose", "0", "--resume"])
+    assert e.value.code == 2 and f"--resume: cannot read {state} " in capfd.readouterr().err
+    assert [(r.info.run_id, r.info.status) for r in runs()] == [(r.info.run_id, r.info.status) for r in before]
+
+    state.write_bytes(whole)
+    (disk_8m / "filler").unlink()
+    assert main(["sweep", path, "--verbose", "0", "--resume"]) == 0
+    after = runs()
+    [parent] = [r for r in after if r.data.tags.get("lrtune.kind") == "sweep"]
+    trials = [r for r in after if r.data.tags.get("lrtune.kind") == "trial"]
+    assert parent.info.status == "FINISHED" and len(trials) == 3
+    assert len({t.data.tags["lrtune.trial_id"] for t in trials}) == 3
+    for t in trials:
+        assert t.info.status == "FINISHED" and t.data.tags["status"] in ("finished", "diverged"), t.data.tags
+        steps = sorted(m.step for m in client.get_metric_history(t.info.run_id, "accuracy"))
+        assert steps == list(range(1, len(steps) + 1)) and (steps[-1] == 20 or t.data.tags["status"] == "diverged")
+    study = optuna.load_study(study_name=parent.info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    json.loads(state.read_text())  # left whole
+    shutil.rmtree(experiment)  # before the tmpfs goes
+
+
+@pytest.mark.parametrize("cut", ["empty", "half"])
+@pytest.mark.parametrize("name", ["experiment_state-2026-01-01_00-00-01.json", "search_gen_state-2026-01-01_00-00-01.json",
+                                  "searcher-state-2026-01-01_00-00-01.pkl", "tuner.pkl"])
+def test_resume_refuses_a_state_file_cut_short_naming_it(tmp_path, name, cut):
+    """Each kind of file Tune restores from (JSON, and pickles, one of them named .json), newest
+    first: whole, it passes; empty or cut in half, `--resume` is refused naming it. An older file
+    of a kind is not read by Tune, and not checked."""
+    import pickle
+
+    from tuning.config import ConfigError
+    from tuning.sweep import check_state
+
+    sweep = tmp_path / "s-20260101-000000-abcd"
+    sweep.mkdir()
+    files = {"experiment_state-2026-01-01_00-00-01.json": json.dumps({"trial_data": [[1, 2]] * 50}).encode(),
+             "search_gen_state-2026-01-01_00-00-01.json": pickle.dumps({"counter": list(range(200))}),
+             "searcher-state-2026-01-01_00-00-01.pkl": pickle.dumps(list(range(200))),
+             "tuner.pkl": pickle.dumps({"x": list(range(200))}),
+             "experiment_state-2025-01-01_00-00-01.json": b""}  # older: Tune reads the newest
+    for f, data in files.items():
+        (sweep / f).write_bytes(data)
+    check_state(str(sweep))
+    whole = files[name]
+    (sweep / name).write_bytes(b"" if cut == "empty" else whole[: len(whole) // 2])
+    with pytest.raises(ConfigError, match=f"--resume: cannot read {sweep / name} "):
+        check_state(str(sweep))
