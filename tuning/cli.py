@@ -67,10 +67,15 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.address:
         cfg = parse({**cfg.model_dump(), "ray": {"address": args.address}}, "--address")
     from .seeding import RangeTestFailed, SeedingRefused
-    from .sweep import StorageFull, SweepFailed, print_summary, run_sweep  # Ray, MLflow: for a valid config
+    from .sweep import StorageFull, StoreUnwritable, SweepFailed, print_summary, run_sweep  # for a valid config
 
     try:
         result = run_sweep(cfg, verbose=args.verbose, resume=args.resume)
+    except StoreUnwritable as e:
+        print(f"lrtune: {e}. Its runs there show what the store took (some RUNNING); Tune's records under "
+              f"storage_path keep the rest. Once the store can be written, `lrtune sweep {args.config} --resume` "
+              f"logs what is missing, ends those runs and continues the sweep", file=sys.stderr)
+        return EXIT_REFUSED
     except StorageFull as e:
         print(f"lrtune: {e}; its unfinished trials and its MLflow parent run ended FAILED. Make room there, "
               f"then `lrtune sweep {args.config} --resume` continues it", file=sys.stderr)

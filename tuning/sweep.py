@@ -266,6 +266,11 @@ class StorageFull(SweepFailed):
     runs and its parent ended FAILED) and `--resume` continues it once there is room."""
 
 
+class StoreUnwritable(SweepFailed):
+    """The MLflow store refused a write mid-sweep: the sweep was stopped; what its runs could not
+    record, `--resume` logs from Tune's records once the store can be written."""
+
+
 class Interrupted(KeyboardInterrupt):
     """A signal stopped the sweep: its open runs and its parent run ended KILLED."""
 
@@ -380,6 +385,11 @@ class DiskFull(tune.Callback):
             stop()
 
 
+def _cut(e: BaseException, n: int = 160) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def _remove_cut_files(experiment: Path) -> None:
     """Empty files Tune left on a full disk (an error.pkl, a checkpoint's file: copies that found no
     room), with the checkpoint folders holding one: Tune registers a checkpoint only once copied, so
@@ -423,6 +433,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     t0, started_at = time.perf_counter(), time.time()
     signals = StopSignals(functools.partial(tracking.kill_at_once, sweep, trial_runs))
     full = DiskFull(signals.stop_tune)
+    trial_runs.stop = signals.stop_tune
     why = ""
     try:
         signals.install()
@@ -458,12 +469,15 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
             with full:
                 grid = tuner.fit()
         except Exception:
-            if not full.seen:
+            if not full.seen and trial_runs.broken is None:
                 raise
             # Tune reads back what it wrote on the full disk (an empty error.pkl: EOFError)
         signals.fitting = False
         if signals.received:
             raise Interrupted(signals.received[0])
+        if trial_runs.broken is not None:
+            why = f": the MLflow store {cfg.tracking.mlflow_uri} refused a write ({_cut(trial_runs.broken)})"
+            raise StoreUnwritable(f"sweep {name} stopped{why}")
         if full.seen:
             _remove_cut_files(Path(storage, name))
             why = f": storage_path {storage} is full ({full.seen} could not be written there)"
@@ -505,6 +519,10 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                     why = f" by {signal.Signals(signals.received[0]).name}" if signals.received else why
                     sweep.end(status, note=f"lrtune sweep {name} ended {status}{why} before it finished: "
                                            f"`lrtune sweep <config> --resume` continues it.")
+        except Exception:
+            if trial_runs.broken is None:
+                raise
+            # the store still refuses: its runs stay as they are (RUNNING), the message says why
         finally:
             signals.restore()
 

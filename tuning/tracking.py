@@ -208,16 +208,26 @@ class TrialRuns(tune.Callback):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtune-mlflow")
         self._pending: list[Future] = []
         self._created: dict[str, Future] = {}  # trial id -> the creation of its run
+        self.broken: Exception | None = None  # the first logging call the store refused
+        self.stop = None  # called once, from Tune's loop, when the store is broken
 
     def __getstate__(self):  # Tune pickles callbacks with its experiment state; a pool cannot be
         state = dict(self.__dict__)
-        del state["_pool"], state["_pending"], state["plots"], state["_created"]
+        for k in ("_pool", "_pending", "plots", "_created", "broken", "stop"):
+            del state[k]
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtune-mlflow")
-        self._pending, self.plots, self._created = [], [], {}
+        self._pending, self.plots, self._created, self.broken, self.stop = [], [], {}, None, None
+
+    def on_step_end(self, iteration, trials, **info):
+        """A store that refuses a write (read-only, full, its schema gone) stops the sweep (`stop`):
+        trials going on would log nothing. Tune's records keep what they did; `--resume` logs it."""
+        if self.broken is not None and self.stop is not None:
+            self.stop, stop = None, self.stop
+            stop()
 
     def later(self, fn, *args) -> None:
         """Run fn(*args) on the logging thread, after what is queued (errors surface in close()),
@@ -230,10 +240,13 @@ class TrialRuns(tune.Callback):
         when the server is back. The trials go on meanwhile; their results queue here."""
         waited, said = 0.0, None
         while True:
+            if self.broken is not None:
+                return None  # the store refused an earlier call: the sweep is stopping, resume logs it
             try:
                 result = fn(*args)
-            except MlflowException as e:
-                if not _unreachable(e) or waited >= GIVE_UP_S:
+            except Exception as e:
+                if not isinstance(e, MlflowException) or not _unreachable(e) or waited >= GIVE_UP_S:
+                    self.broken = e  # the store (or its artifact folder) refused it: full, read-only, gone
                     raise
                 if said is None or waited - said >= 60:
                     print(f"lrtune: the MLflow tracking server at {self.sweep.uri} does not answer; logging "
@@ -345,7 +358,8 @@ class TrialRuns(tune.Callback):
         self.plots = [p for p in self.plots if p[1] not in drawn]
 
     def on_experiment_end(self, trials, **info):
-        self.close()
+        if self.broken is None:  # else the sweep reports the store's refusal, and stops
+            self.close()
 
     def reconcile(self, trials: list[dict], every_run: bool = False) -> None:
         """Make MLflow agree with Tune's own records. A driver killed mid-sweep loses the logging it

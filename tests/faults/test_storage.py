@@ -31,7 +31,7 @@ def _tmpfs(tmp_path, size: str):
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or done.returncode}): needs root")
     yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)  # a store may still be open (MLflow caches engines)
 
 
 @pytest.fixture
@@ -198,3 +198,55 @@ def test_resume_refuses_a_state_file_cut_short_naming_it(tmp_path, name, cut):
     (sweep / name).write_bytes(b"" if cut == "empty" else whole[: len(whole) // 2])
     with pytest.raises(ConfigError, match=f"--resume: cannot read {sweep / name} "):
         check_state(str(sweep))
+
+
+def test_an_mlflow_store_that_refuses_writes_mid_sweep_stops_it_and_resume_repairs_it(disk_8m, ray_session,
+                                                                                      tmp_path, monkeypatch, capfd):
+    """MLflow's sqlite file and its artifact folder sit on a small disk that fills once a trial has
+    logged three epochs: the store refuses what it cannot fit (a workflow.yaml, a plot, new rows);
+    the same path as a store made read-only, which root, running CI, cannot be denied. The sweep stops (exit 1) with one message
+    that names the store and says `--resume` repairs it, no traceback. Once there is room,
+    `--resume` logs what the store missed from Tune's records, ends every run, and finishes the
+    sweep: each trial once, each epoch logged once."""
+    monkeypatch.chdir(disk_8m)  # MLflow's artifacts too (./mlruns, its default beside a sqlite store)
+    store = disk_8m / "mlflow.db"
+    path = _config(tmp_path, tmp_path / "results", stopping=dict(scheduler="none"))
+    cfg = yaml.safe_load(open(path))
+    cfg["search"].update(num_samples=3, max_concurrent=1, points_to_evaluate=[
+        dict(optimizer="adamw", schedule="constant", lr=1e-3, weight_decay=wd, momentum=0.9) for wd in (1e-4, 1e-3, 1e-2)])
+    cfg.update(epochs=20, tracking=dict(cfg["tracking"], mlflow_uri=f"sqlite:///{store}"))
+    open(path, "w").write(yaml.safe_dump(cfg))
+
+    def fill_at_epoch_3():
+        while True:
+            with contextlib.suppress(sqlite3.Error), \
+                    contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+                if db.execute("select count(*) from metrics where key = 'accuracy'").fetchone()[0] >= 3:
+                    break
+            time.sleep(0.1)
+        _fill(disk_8m)
+
+    filler = threading.Thread(target=fill_at_epoch_3, daemon=True)
+    filler.start()
+    assert main(["sweep", path, "--verbose", "0"]) == 1
+    filler.join(5)
+    out, err = capfd.readouterr()
+    mine = [line for line in err.splitlines() if line.startswith("lrtune:")]
+    assert len(mine) == 1, err[-3000:]
+    assert f"the MLflow store sqlite:///{store} refused a write" in mine[0] and f"lrtune sweep {path} --resume" in mine[0]
+    assert "Traceback" not in out + err, (out + err)[-3000:]
+
+    (disk_8m / "filler").unlink()
+    assert main(["sweep", path, "--verbose", "0", "--resume"]) == 0
+    client = MlflowClient(f"sqlite:///{store}")
+    runs = client.search_runs([client.get_experiment_by_name("disk").experiment_id], max_results=100)
+    [parent] = [r for r in runs if r.data.tags.get("lrtune.kind") == "sweep"]
+    trials = [r for r in runs if r.data.tags.get("lrtune.kind") == "trial"]
+    assert parent.info.status == "FINISHED" and len(trials) == 3
+    assert len({t.data.tags["lrtune.trial_id"] for t in trials}) == 3
+    for t in trials:
+        assert t.info.status == "FINISHED" and t.data.tags["status"] in ("finished", "diverged"), t.data.tags
+        steps = sorted(m.step for m in client.get_metric_history(t.info.run_id, "accuracy"))
+        assert steps == list(range(1, len(steps) + 1)) and (steps[-1] == 20 or t.data.tags["status"] == "diverged")
+    study = optuna.load_study(study_name=parent.info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
