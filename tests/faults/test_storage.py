@@ -103,6 +103,68 @@ def test_a_sweep_that_fits_on_the_small_disk_runs_there(small_disk, ray_session,
     assert len(list((small_disk / "results").glob("disk-*/trial_*/checkpoint_*"))) == 2
 
 
+TRIALS, EPOCHS = 3, 20
+
+
+def _three_trials(tmp_path, storage_path, store) -> str:
+    """3 trials x 20 epochs one at a time, a checkpoint each epoch, at LRs that do not diverge."""
+    path = _config(tmp_path, storage_path, stopping=dict(scheduler="none"))
+    cfg = yaml.safe_load(open(path))
+    cfg["search"].update(num_samples=TRIALS, max_concurrent=1, points_to_evaluate=[
+        dict(optimizer="adamw", schedule="constant", lr=1e-3, weight_decay=wd, momentum=0.9) for wd in (1e-4, 1e-3, 1e-2)])
+    cfg.update(epochs=EPOCHS, tracking=dict(cfg["tracking"], mlflow_uri=f"sqlite:///{store}"))
+    open(path, "w").write(yaml.safe_dump(cfg))
+    return path
+
+
+def _sweep_filling(path: str, store, disk) -> int:
+    """Run the sweep while a thread fills `disk` once the MLflow store holds three epochs' metrics
+    (read with sqlite3, read-only: an MlflowClient would create the tables while the sweep does)."""
+    def fill_at_epoch_3():
+        while True:
+            with contextlib.suppress(sqlite3.Error), \
+                    contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+                if db.execute("select count(*) from metrics where key = 'accuracy'").fetchone()[0] >= 3:
+                    break
+            time.sleep(0.1)
+        _fill(disk)
+
+    filler = threading.Thread(target=fill_at_epoch_3, daemon=True)
+    filler.start()
+    code = main(["sweep", path, "--verbose", "0"])
+    filler.join(5)
+    return code
+
+
+def _one_message(capfd) -> str:
+    """The sweep's own message, the only `lrtune:` line, with no traceback anywhere."""
+    out, err = capfd.readouterr()
+    mine = [line for line in err.splitlines() if line.startswith("lrtune:")]
+    assert len(mine) == 1, err[-3000:]
+    assert "Traceback" not in out + err, (out + err)[-3000:]
+    return mine[0]
+
+
+def _runs(store):
+    client = MlflowClient(f"sqlite:///{store}")
+    return client, client.search_runs([client.get_experiment_by_name("disk").experiment_id], max_results=100)
+
+
+def _assert_finished_once(store, optuna_db) -> None:
+    """One parent FINISHED; each trial one run, FINISHED, every epoch logged once; Optuna: all COMPLETE."""
+    client, runs = _runs(store)
+    [parent] = [r for r in runs if r.data.tags.get("lrtune.kind") == "sweep"]
+    trials = [r for r in runs if r.data.tags.get("lrtune.kind") == "trial"]
+    assert parent.info.status == "FINISHED" and len(trials) == TRIALS
+    assert len({t.data.tags["lrtune.trial_id"] for t in trials}) == TRIALS
+    for t in trials:
+        assert t.info.status == "FINISHED" and t.data.tags["status"] == "finished", t.data.tags
+        assert sorted(m.step for m in client.get_metric_history(t.info.run_id, "accuracy")) == \
+            list(range(1, EPOCHS + 1))
+    study = optuna.load_study(study_name=parent.info.run_name, storage=f"sqlite:///{optuna_db}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * TRIALS
+
+
 def test_a_disk_full_mid_sweep_stops_it_and_resume_finishes_it_once_there_is_room(disk_8m, ray_session, tmp_path,
                                                                                  monkeypatch, capfd):
     """The disk fills once a trial has logged three epochs: Tune cannot copy a checkpoint (or its
@@ -111,34 +173,13 @@ def test_a_disk_full_mid_sweep_stops_it_and_resume_finishes_it_once_there_is_roo
     file left. `--resume` then refuses a state file cut short, naming it, and changes nothing;
     with the file whole and room made, it finishes every trial once, every epoch logged once."""
     monkeypatch.chdir(tmp_path)
-    path = _config(tmp_path, disk_8m / "results", stopping=dict(scheduler="none"))
-    cfg = yaml.safe_load(open(path))
-    cfg["search"].update(num_samples=3, max_concurrent=1)
-    cfg["epochs"] = 20
-    open(path, "w").write(yaml.safe_dump(cfg))
+    store = tmp_path / "mlflow.db"
+    path = _three_trials(tmp_path, disk_8m / "results", store)
+    assert _sweep_filling(path, store, disk_8m) == 1
+    message = _one_message(capfd)
+    assert f"storage_path {disk_8m / 'results'} is full (" in message and f"lrtune sweep {path} --resume" in message
 
-    def fill_at_epoch_3():
-        while True:
-            with contextlib.suppress(sqlite3.Error), \
-                    contextlib.closing(sqlite3.connect(f"file:{tmp_path}/mlflow.db?mode=ro", uri=True)) as db:
-                if db.execute("select count(*) from metrics where key = 'accuracy'").fetchone()[0] >= 3:
-                    break
-            time.sleep(0.1)
-        _fill(disk_8m)
-
-    filler = threading.Thread(target=fill_at_epoch_3, daemon=True)
-    filler.start()
-    assert main(["sweep", path, "--verbose", "0"]) == 1
-    filler.join(5)
-    out, err = capfd.readouterr()
-    mine = [line for line in err.splitlines() if line.startswith("lrtune:")]
-    assert len(mine) == 1, err[-3000:]
-    assert f"storage_path {disk_8m / 'results'} is full (" in mine[0] and f"lrtune sweep {path} --resume" in mine[0]
-    assert "Traceback" not in out + err, (out + err)[-3000:]
-
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = lambda: client.search_runs([client.get_experiment_by_name("disk").experiment_id], max_results=100)  # noqa: E731
-    before = runs()
+    _, before = _runs(store)
     [parent] = [r for r in before if r.data.tags.get("lrtune.kind") == "sweep"]
     assert parent.info.status == "FAILED" and "is full" in parent.data.tags["mlflow.note.content"]
     assert "RUNNING" not in {r.info.status for r in before}
@@ -152,23 +193,12 @@ def test_a_disk_full_mid_sweep_stops_it_and_resume_finishes_it_once_there_is_roo
     with pytest.raises(SystemExit) as e:
         main(["sweep", path, "--verbose", "0", "--resume"])
     assert e.value.code == 2 and f"--resume: cannot read {state} " in capfd.readouterr().err
-    assert [(r.info.run_id, r.info.status) for r in runs()] == [(r.info.run_id, r.info.status) for r in before]
+    assert [(r.info.run_id, r.info.status) for r in _runs(store)[1]] == [(r.info.run_id, r.info.status) for r in before]
 
     state.write_bytes(whole)
     (disk_8m / "filler").unlink()
     assert main(["sweep", path, "--verbose", "0", "--resume"]) == 0
-    after = runs()
-    [parent] = [r for r in after if r.data.tags.get("lrtune.kind") == "sweep"]
-    trials = [r for r in after if r.data.tags.get("lrtune.kind") == "trial"]
-    assert parent.info.status == "FINISHED" and len(trials) == 3
-    assert len({t.data.tags["lrtune.trial_id"] for t in trials}) == 3
-    for t in trials:
-        assert t.info.status == "FINISHED" and t.data.tags["status"] in ("finished", "diverged"), t.data.tags
-        steps = sorted(m.step for m in client.get_metric_history(t.info.run_id, "accuracy"))
-        assert steps == list(range(1, len(steps) + 1)) and (steps[-1] == 20 or t.data.tags["status"] == "diverged")
-    study = optuna.load_study(study_name=parent.info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    json.loads(state.read_text())  # left whole
+    _assert_finished_once(store, tmp_path / "optuna.db")
     shutil.rmtree(experiment)  # before the tmpfs goes
 
 
@@ -204,49 +234,17 @@ def test_an_mlflow_store_that_refuses_writes_mid_sweep_stops_it_and_resume_repai
                                                                                       tmp_path, monkeypatch, capfd):
     """MLflow's sqlite file and its artifact folder sit on a small disk that fills once a trial has
     logged three epochs: the store refuses what it cannot fit (a workflow.yaml, a plot, new rows);
-    the same path as a store made read-only, which root, running CI, cannot be denied. The sweep stops (exit 1) with one message
-    that names the store and says `--resume` repairs it, no traceback. Once there is room,
-    `--resume` logs what the store missed from Tune's records, ends every run, and finishes the
-    sweep: each trial once, each epoch logged once."""
+    the same path as a store made read-only, which root, running CI, cannot be denied. The sweep
+    stops (exit 1) with one message that names the store and says `--resume` repairs it, no
+    traceback. Once there is room, `--resume` logs what the store missed from Tune's records, ends
+    every run, and finishes the sweep: each trial once, each epoch logged once."""
     monkeypatch.chdir(disk_8m)  # MLflow's artifacts too (./mlruns, its default beside a sqlite store)
     store = disk_8m / "mlflow.db"
-    path = _config(tmp_path, tmp_path / "results", stopping=dict(scheduler="none"))
-    cfg = yaml.safe_load(open(path))
-    cfg["search"].update(num_samples=3, max_concurrent=1, points_to_evaluate=[
-        dict(optimizer="adamw", schedule="constant", lr=1e-3, weight_decay=wd, momentum=0.9) for wd in (1e-4, 1e-3, 1e-2)])
-    cfg.update(epochs=20, tracking=dict(cfg["tracking"], mlflow_uri=f"sqlite:///{store}"))
-    open(path, "w").write(yaml.safe_dump(cfg))
-
-    def fill_at_epoch_3():
-        while True:
-            with contextlib.suppress(sqlite3.Error), \
-                    contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
-                if db.execute("select count(*) from metrics where key = 'accuracy'").fetchone()[0] >= 3:
-                    break
-            time.sleep(0.1)
-        _fill(disk_8m)
-
-    filler = threading.Thread(target=fill_at_epoch_3, daemon=True)
-    filler.start()
-    assert main(["sweep", path, "--verbose", "0"]) == 1
-    filler.join(5)
-    out, err = capfd.readouterr()
-    mine = [line for line in err.splitlines() if line.startswith("lrtune:")]
-    assert len(mine) == 1, err[-3000:]
-    assert f"the MLflow store sqlite:///{store} refused a write" in mine[0] and f"lrtune sweep {path} --resume" in mine[0]
-    assert "Traceback" not in out + err, (out + err)[-3000:]
+    path = _three_trials(tmp_path, tmp_path / "results", store)
+    assert _sweep_filling(path, store, disk_8m) == 1
+    message = _one_message(capfd)
+    assert f"the MLflow store sqlite:///{store} refused a write" in message and f"lrtune sweep {path} --resume" in message
 
     (disk_8m / "filler").unlink()
     assert main(["sweep", path, "--verbose", "0", "--resume"]) == 0
-    client = MlflowClient(f"sqlite:///{store}")
-    runs = client.search_runs([client.get_experiment_by_name("disk").experiment_id], max_results=100)
-    [parent] = [r for r in runs if r.data.tags.get("lrtune.kind") == "sweep"]
-    trials = [r for r in runs if r.data.tags.get("lrtune.kind") == "trial"]
-    assert parent.info.status == "FINISHED" and len(trials) == 3
-    assert len({t.data.tags["lrtune.trial_id"] for t in trials}) == 3
-    for t in trials:
-        assert t.info.status == "FINISHED" and t.data.tags["status"] in ("finished", "diverged"), t.data.tags
-        steps = sorted(m.step for m in client.get_metric_history(t.info.run_id, "accuracy"))
-        assert steps == list(range(1, len(steps) + 1)) and (steps[-1] == 20 or t.data.tags["status"] == "diverged")
-    study = optuna.load_study(study_name=parent.info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    _assert_finished_once(store, tmp_path / "optuna.db")
