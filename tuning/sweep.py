@@ -4,6 +4,9 @@ Validation happens before Ray starts (config, task, model); MLflow's parent run 
 sweep's real status whatever happens, so no run is left open. A signal (SIGINT, SIGTERM, SIGHUP)
 stops the sweep one way (`StopSignals`): the trials stop, Tune saves its experiment state, the open
 runs and the parent end KILLED and `Interrupted` says which signal it was; a second one exits at once.
+A full disk at storage_path (`DiskFull`) or an MLflow store that refuses a write stops it the same
+way, ending FAILED with one message (`StorageFull`, `StoreUnwritable`); `--resume` continues it once
+there is room, after reading Tune's experiment state (`check_state`) rather than trusting it.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from trainables.trainable import storage_full, train
 from trainables.workflow import peak_lr, workflow_of
 
 from . import preflight, search, seeding, stores, tracking, ui
-from .config import ConfigError, SweepConfig
+from .config import ConfigError, SweepConfig, cut
 from .plots import schedule_png_in_ray
 from .report import table
 from .stopping import ScheduleFairStopping
@@ -385,11 +388,6 @@ class DiskFull(tune.Callback):
             stop()
 
 
-def _cut(e: BaseException, n: int = 160) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
 def _remove_cut_files(experiment: Path) -> None:
     """Empty files Tune left on a full disk (an error.pkl, a checkpoint's file: copies that found no
     room), with the checkpoint folders holding one: Tune registers a checkpoint only once copied, so
@@ -476,7 +474,8 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
         if signals.received:
             raise Interrupted(signals.received[0])
         if trial_runs.broken is not None:
-            why = f": the MLflow store {cfg.tracking.mlflow_uri} refused a write ({_cut(trial_runs.broken)})"
+            refused = cut(" ".join(str(trial_runs.broken).split()), 160)
+            why = f": the MLflow store {cfg.tracking.mlflow_uri} refused a write ({refused})"
             raise StoreUnwritable(f"sweep {name} stopped{why}")
         if full.seen:
             _remove_cut_files(Path(storage, name))
