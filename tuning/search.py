@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import functools
 import math
+import pickle
 import warnings
+from pathlib import Path
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
@@ -124,6 +126,33 @@ def close_running(storage: str, study_name: str) -> int:
         study._storage.set_trial_user_attr(t._trial_id, "status", "failed")
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     return len(running)
+
+
+def known_to_saved_searcher(experiment: str) -> set[int] | None:
+    """The numbers of the Optuna trials the searcher in Tune's newest saved state (under the
+    experiment folder) had asked for; None without a saved searcher."""
+    files = sorted(Path(experiment).glob("searcher-state-*.pkl"))
+    if not files:
+        return None
+    with open(files[-1], "rb") as f:
+        state = pickle.load(f)
+    return {t.number for t in state.get("_ot_trials", {}).values()}
+
+
+def requeue_lost(storage: str, study_name: str, known: set[int]) -> int:
+    """Before a resumed sweep: the study's RUNNING trials that the restored searcher does not know
+    were asked for by a killed driver after Tune last saved its state; their Tune trials are lost
+    (Tune will make others). Each is told FAIL, and a warm-start point among them (one Optuna was
+    given: `fixed_params`) is enqueued again, so that it still runs, once. Returns how many."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    lost = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if t.number not in known]
+    for t in lost:
+        if "fixed_params" in t.system_attrs:
+            study.enqueue_trial(t.system_attrs["fixed_params"], skip_if_exists=False)
+        study._storage.set_trial_user_attr(t._trial_id, "status", "lost")
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return len(lost)
 
 
 def band_extensions(storage: str, study_name: str) -> list[dict]:
@@ -314,10 +343,11 @@ class _FinalValueSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and trial_id not in self._completed_trials:
-            try:
-                self._describe(ot_trial, trial_id, result, error)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # told before a driver died (a resumed sweep): its attributes were set then
+            if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+                # told by a driver killed before Tune saved that: Tune ran the trial's end again
+                self._completed_trials.add(trial_id)
+                return
+            self._describe(ot_trial, trial_id, result, error)
         if result and result.get("status") == "failed":  # the task's code raised: FAIL, not PRUNED
             result, error = None, True
         super().on_trial_complete(trial_id, result, error)

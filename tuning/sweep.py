@@ -228,6 +228,23 @@ def check_state(path: str) -> None:
                               f"a new sweep (this one's trials stay in MLflow)") from None
 
 
+def _forget_lost_trials(cfg: SweepConfig, path: str, sweep: tracking.Sweep) -> None:
+    """Before Tune restores a sweep: what a killed driver started after Tune last saved its state
+    (the trials it lists) is lost. Their MLflow runs and folders go, their Optuna trials are told
+    FAIL and the warm-start points among them queued again (`search.requeue_lost`)."""
+    state = max(Path(path).glob("experiment_state-*.json"))
+    known = {json.loads(t[0])["trial_id"] for t in json.loads(state.read_text())["trial_data"]}
+    lost = sweep.drop_lost_trials(known)
+    for trial_id in lost:
+        shutil.rmtree(Path(path, f"trial_{trial_id}"), ignore_errors=True)
+    asked = search.known_to_saved_searcher(path)
+    requeued = search.requeue_lost(cfg.tracking.optuna_storage, Path(path).name, asked) if asked is not None else 0
+    if lost or requeued:
+        print(f"lrtune: {len(lost)} trial(s) the killed driver had started after Tune last saved its state were "
+              f"lost with it (their MLflow runs deleted, their Optuna trials told FAIL); their warm-start points "
+              f"run again", flush=True)
+
+
 def seed_search(cfg: SweepConfig, info: TaskInfo, sweep: tracking.Sweep, later) -> tuple[dict, float]:
     """The range tests (as Ray tasks), each logged as a nested MLflow run (by `later`, the logging
     thread, while the trials start), read into seeds by the seeding rules; a resumed sweep reuses
@@ -353,6 +370,9 @@ class DiskFull(tune.Callback):
     def __init__(self, stop):
         self.stop, self.seen = stop, None
 
+    def __getstate__(self):  # Tune pickles callbacks with its experiment state; the hook stays here
+        return dict(self.__dict__, stop=None, seen=None)
+
     def __enter__(self):
         for name in self.LOGGERS:
             logging.getLogger(name).addFilter(self)
@@ -439,6 +459,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
         trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         callbacks = [trial_runs, CSVLoggerCallback(), JsonLoggerCallback(), full]
         if path and tune.Tuner.can_restore(path):
+            _forget_lost_trials(cfg, path, sweep)
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
             # Tune restores the callbacks it pickled; use this run's (no public API: ray#41364).
             tuner._local_tuner.get_run_config().callbacks = callbacks

@@ -166,6 +166,17 @@ class Sweep:
             self.client.set_tag(self.run_id, NOTE_TAG, note)
         self.client.set_terminated(self.run_id, status)
 
+    def drop_lost_trials(self, known: set[str]) -> list[str]:
+        """Delete (MLflow's soft delete) the trial runs whose Tune trials the restored experiment
+        state does not have: started by a killed driver after Tune last saved its state, they will
+        never continue (their workflows run again as new trials). Returns their Tune trial ids."""
+        lost = [r for r in self.client.search_runs([self.experiment_id], max_results=10_000, filter_string=(
+                f"tags.`{PARENT_TAG}` = '{self.run_id}' and tags.`lrtune.kind` = 'trial'"))
+                if r.data.tags.get("lrtune.trial_id") not in known]
+        for run in lost:
+            self.client.delete_run(run.info.run_id)
+        return [r.data.tags.get("lrtune.trial_id") for r in lost]
+
     def drop_range_tests(self) -> None:
         """Delete the range-test runs logged before an interruption that came before the seeds were
         (the resumed sweep runs its range tests again)."""
