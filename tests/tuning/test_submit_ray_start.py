@@ -32,7 +32,7 @@ from .conftest import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")  # shared by a module's tests: each reads what it did from logs it lists first
 def ray_head():
     """`ray start --head --block` as its own process group: (address, temp dir)."""
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's socket paths must stay under 107 characters
@@ -63,11 +63,12 @@ def ray_head():
 
 def _stop(proc: subprocess.Popen) -> None:
     """SIGTERM to the cluster's process group (never `ray stop`: it stops every Ray on the machine,
-    the test session's too), SIGKILL to whatever is left after 30 s."""
+    the test session's too), SIGKILL to whatever is left after 5 s (`ray start --block` was seen
+    to outlast 30 s of SIGTERM, each time: a test's cluster has nothing to save)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
-            proc.wait(timeout=30)
+            proc.wait(timeout=5)
             return
         except ProcessLookupError:
             return
