@@ -224,6 +224,9 @@ def _ui(args: argparse.Namespace) -> int:
     port = args.port or (ui.DEFAULT_PORT if ui.port_is_free("127.0.0.1", ui.DEFAULT_PORT) else None)
     for sig in (signal.SIGTERM, signal.SIGHUP):  # the server has its own session: end it with this one
         signal.signal(sig, lambda signum, _: sys.exit(128 + signum))
+    # Ctrl-C stops it even where it started with SIGINT ignored (a `cmd &` of a script without job
+    # control), where Python would leave SIGINT ignored and no KeyboardInterrupt would ever come
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         proc, base = ui.serve(uri, port=port)
     except RuntimeError as e:

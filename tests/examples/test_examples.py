@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from tuning.cli import main
 
+pytestmark = pytest.mark.slow  # end to end (tests/conftest.py)
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ["image_folder", "dict_batch", "two_outputs", "lightning_module", "own_loop"]
 

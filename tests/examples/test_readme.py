@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end (tests/conftest.py)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -48,9 +49,11 @@ def test_the_readme_task_example_runs_as_written(tmp_path):
         proc = subprocess.run([lrtune, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "finished:" in proc.stdout and (tmp_path / "model" / "MLmodel").is_file()
-    # `lrtune ui CONFIG` serves that store until Ctrl-C, printing the URL of the newest sweep's trials
+    # `lrtune ui CONFIG` serves that store until Ctrl-C, printing the URL of the newest sweep's trials;
+    # started with SIGINT ignored, as a script's `cmd &` starts it (Python then leaves it ignored)
     ui = subprocess.Popen([lrtune, "ui", "mytasks.yaml", "--port", str(_free_port())], cwd=tmp_path, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         lines = [ui.stdout.readline() for _ in range(2)]
         url = re.search(r"MLflow runs of sweep sines-\S+: (http://127.0.0.1:\d+)/#/experiments/\d+/runs\?\S+",

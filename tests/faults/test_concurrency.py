@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.tuning.test_submit_ray_start import _client_env, ray_head  # noqa: F401 - a fixture
 
+pytestmark = pytest.mark.slow  # end to end (tests/conftest.py)
 ROOT = Path(__file__).resolve().parents[2]
 TRIALS = 2
 

@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (*ROOT.glob("examples/*.yaml"), *ROOT.glob("examples/tasks/*.yaml")))
 DOCS = [yaml.safe_load(p.read_text()) for p in EXAMPLES]
 DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's, for speed
+# 3000 documents take ~15 s: a lane of their own, with the end-to-end tests (tests/conftest.py)
+pytestmark = pytest.mark.slow
 FUZZ = settings(max_examples=1500, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

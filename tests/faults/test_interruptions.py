@@ -17,6 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+pytestmark = pytest.mark.slow  # end to end (tests/conftest.py)
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 5
 

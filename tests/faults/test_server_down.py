@@ -11,11 +11,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.tuning.conftest import free_port
 
+pytestmark = pytest.mark.slow  # end to end (tests/conftest.py)
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -46,6 +46,7 @@ def test_cpu_path_has_no_amp_and_picks_cpu():
         assert device_for({"gpu": 0.25}) == torch.device("cpu")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 def test_gpu_run_uses_amp_and_gpu_resident_data():
     task = load_task("mnist1d").to("cuda")

@@ -24,9 +24,9 @@ from tuning import ui
 from tuning.cli import main
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=(
     "needs Debian's chromium and chromium-driver on PATH (apt-get install chromium chromium-driver; "
-    ".ci/run installs them where it can)"))
+    ".ci/run installs them where it can)"))]
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = Path(os.environ.get("LRTUNE_SCREENSHOTS") or ROOT / ".ci" / "screenshots")
 TRIAL_PARAMS = ("optimizer", "schedule", "peak_lr")  # peak_lr last: the column a sweep added last

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,8 @@ def test_bad_input_exits_2_naming_the_argument(argv, needle, capsys, tmp_path):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "tuning.cli", "range-test", "--help"],
-                         capture_output=True, text=True)
+    """The `lrtune` script pip installed beside this Python (the venv's bin/), not `python -m`."""
+    script = Path(sys.executable).parent / "lrtune"
+    assert script.is_file(), f"no lrtune script beside {sys.executable}: pip install -e . makes it"
+    out = subprocess.run([str(script), "range-test", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--weight-decay" in out.stdout

@@ -25,17 +25,31 @@ def _sweep(tmp_path, **over) -> list[str]:
     return [str(path), "--verbose", "0"]
 
 
+def _beyond_this_machine(what: str) -> tuple[dict, str]:
+    """One more CPU, or GPU, than this test session's Ray has (asked of it, never assumed)."""
+    import ray
+
+    have = ray.cluster_resources()
+    cpus, gpus = have.get("CPU", 0), have.get("GPU", 0)
+    if what == "more-gpus":
+        return dict(resources=dict(gpu=gpus + 1)), (
+            f"resources.gpu: a trial asks for 1 CPU and {gpus + 1:g} GPU, but no node of this Ray cluster offers "
+            f"that (nodes: {cpus:g} CPU / {gpus:g} GPU)")
+    return dict(resources=dict(cpu=cpus + 1)), f"resources.cpu: a trial asks for {cpus + 1:g} CPU and 0 GPU"
+
+
 @pytest.mark.parametrize("over,needle", [
-    (dict(resources=dict(gpu=1)), "resources.gpu: a trial asks for 1 CPU and 1 GPU, but no node of this Ray "
-                                  "cluster offers that (nodes: 2 CPU / 0 GPU)"),
-    (dict(resources=dict(cpu=3)), "resources.cpu: a trial asks for 3 CPU and 0 GPU"),
+    ("more-gpus", None),
+    ("more-cpus", None),
     ("unreachable", "tracking.mlflow_uri: no MLflow tracking server answers at http://127.0.0.1:"),
     ("file-in-the-way", "storage_path: cannot write trial results and checkpoints to"),
     ("no-folder", "tracking.optuna_storage: the folder of sqlite:////"),
 ])
 def test_a_sweep_that_cannot_work_fails_fast_naming_the_key(over, needle, ray_session, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    if over == "unreachable":
+    if over in ("more-gpus", "more-cpus"):
+        over, needle = _beyond_this_machine(over)
+    elif over == "unreachable":
         over = dict(tracking=dict(mlflow_uri=f"http://127.0.0.1:{free_port()}"))
     elif over == "file-in-the-way":
         (tmp_path / "afile").write_text("")

@@ -10,11 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from .conftest import free_port
 
+pytestmark = pytest.mark.slow  # end to end (tests/conftest.py)
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from .conftest import free_port
 
+pytestmark = pytest.mark.slow  # end to end (tests/conftest.py)
 ROOT = Path(__file__).resolve().parents[2]
 
 
