@@ -130,13 +130,16 @@ def close_running(storage: str, study_name: str) -> int:
 
 def known_to_saved_searcher(experiment: str) -> set[int] | None:
     """The numbers of the Optuna trials the searcher in Tune's newest saved state (under the
-    experiment folder) had asked for; None without a saved searcher."""
+    experiment folder) had asked for; None without a saved searcher, or one saved in a form this
+    does not know (then nothing is taken for lost)."""
     files = sorted(Path(experiment).glob("searcher-state-*.pkl"))
     if not files:
         return None
     with open(files[-1], "rb") as f:
         state = pickle.load(f)
-    return {t.number for t in state.get("_ot_trials", {}).values()}
+    if not isinstance(state, dict) or "_ot_trials" not in state:
+        return None
+    return {t.number for t in state["_ot_trials"].values()}
 
 
 def requeue_lost(storage: str, study_name: str, known: set[int]) -> int:
