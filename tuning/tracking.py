@@ -52,14 +52,24 @@ NOTE_TAG = "mlflow.note.content"  # what MLflow's UI shows as a run's descriptio
 PLOT_ARTIFACT = "lr_schedule.png"  # each trial's LR and momentum per step (tuning.plots.plot_schedule)
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a sqlite store (`<its folder>/mlruns/<run id>/`), as
+    `mlflow server` keeps them beside its own, not under whatever folder the sweep ran from (MLflow's
+    default, ./mlruns of the working directory); a tracking server decides for itself (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri()
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of the experiment `name`, made if there is none; of two sweeps making it at once, the
-    second's create fails on the unique name and it takes the first's."""
+    """The id of the experiment `name`, made if there is none (its artifacts `artifact_location`);
+    of two sweeps making it at once, the second's create fails on the unique name and it takes the
+    first's."""
     exp = client.get_experiment_by_name(name)
     if exp:
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri))
     except MlflowException:
         if (exp := client.get_experiment_by_name(name)) is None:
             raise
@@ -754,8 +764,7 @@ class TrainRun:
         sweep = self._run(origin.get("sweep_run_id"))
         name = (experiment or (sweep and self.client.get_experiment(sweep.info.experiment_id).name)
                 or origin.get("experiment") or "lrtune")
-        exp = self.client.get_experiment_by_name(name)
-        self.experiment, self.experiment_id = name, exp.experiment_id if exp else self.client.create_experiment(name)
+        self.experiment, self.experiment_id = name, experiment_id(self.client, name)
         tags = {"lrtune.kind": "train", "status": "running", "optimizer": workflow["optimizer"],
                 "schedule": workflow["schedule"]}
         if origin:

@@ -76,9 +76,9 @@ def serve(tracking_uri: str, host: str = "127.0.0.1", port: int | None = None,
           timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
     """Start `mlflow ui` for a store (a free port when `port` is None) and wait until it answers
     /health. Returns the process (its own process group: `stop` ends the server's workers too) and
-    its base URL. The runs' artifacts resolve as they are: a sweep logs them under absolute paths
-    (`<its folder>/mlruns/...`); `--default-artifact-root` only places those of experiments made in
-    the UI, beside a sqlite file's own runs. RuntimeError, with the server's last output, when it
+    its base URL. The runs' artifacts resolve as they are: lrtune's experiments keep them beside a
+    sqlite store under absolute paths (`tracking.artifact_location`: `<its folder>/mlruns/...`);
+    `--default-artifact-root` places those of experiments made in the UI there too. RuntimeError, with the server's last output, when it
     does not come up."""
     if tracking_uri.startswith(("http://", "https://")):
         raise ValueError(f"tracking_uri: {tracking_uri} is a tracking server, which serves its own UI")

@@ -238,8 +238,7 @@ def test_an_mlflow_store_that_refuses_writes_mid_sweep_stops_it_and_resume_repai
     stops (exit 1) with one message that names the store and says `--resume` repairs it, no
     traceback. Once there is room, `--resume` logs what the store missed from Tune's records, ends
     every run, and finishes the sweep: each trial once, each epoch logged once."""
-    monkeypatch.chdir(disk_8m)  # MLflow's artifacts too (./mlruns, its default beside a sqlite store)
-    store = disk_8m / "mlflow.db"
+    store = disk_8m / "mlflow.db"  # and MLflow's artifacts, which lrtune keeps beside a sqlite store
     path = _three_trials(tmp_path, tmp_path / "results", store)
     assert _sweep_filling(path, store, disk_8m) == 1
     message = _one_message(capfd)

@@ -67,3 +67,23 @@ def test_log_ticks_are_1_2_5_over_narrow_ranges_and_at_most_7_decades_over_wide_
     assert _log_ticks(1.5e-4, 4e-3) == pytest.approx([1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2])
     assert _log_ticks(1e-9, 1e-4) == pytest.approx([1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4])
     assert len(_log_ticks(1e-12, 1.0)) <= 7
+
+
+def test_experiments_keep_their_artifacts_beside_a_sqlite_store_not_in_the_working_directory(tmp_path):
+    """A sweep's experiment and a `lrtune train` run's: artifacts under <the store's folder>/mlruns,
+    wherever the command ran from (the test runs in tmp_path; the store sits in tmp_path/store)."""
+    from tuning.tracking import TrainRun, artifact_location
+
+    store = tmp_path / "store"
+    store.mkdir()
+    uri = f"sqlite:///{store}/mlflow.db"
+    sweep = Sweep(uri, "exp", "s-1", {"epochs": 3})
+    sweep.client.log_text(sweep.run_id, "x", "note.txt")
+    train = TrainRun(uri, "trained", dict(optimizer="adamw", schedule="constant", lr=0.01))
+    train.client.log_text(train.run_id, "y", "note.txt")
+    client = MlflowClient(uri)
+    for name in ("exp", "trained"):
+        assert client.get_experiment_by_name(name).artifact_location == (store / "mlruns").as_uri()
+    assert len(list((store / "mlruns").glob("*/artifacts/note.txt"))) == 2  # <run id>/artifacts
+    assert not (tmp_path / "mlruns").exists()
+    assert artifact_location("http://127.0.0.1:5000") is None  # a server keeps its own
