@@ -231,7 +231,7 @@ def test_resume_refuses_a_state_file_cut_short_naming_it(tmp_path, name, cut):
 
 
 def test_an_mlflow_store_that_refuses_writes_mid_sweep_stops_it_and_resume_repairs_it(disk_8m, ray_session,
-                                                                                      tmp_path, monkeypatch, capfd):
+                                                                                      tmp_path, capfd):
     """MLflow's sqlite file and its artifact folder sit on a small disk that fills once a trial has
     logged three epochs: the store refuses what it cannot fit (a workflow.yaml, a plot, new rows);
     the same path as a store made read-only, which root, running CI, cannot be denied. The sweep
