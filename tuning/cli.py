@@ -99,7 +99,7 @@ def _export(args: argparse.Namespace) -> int:
     import yaml
 
     from .stores import write_atomically
-    from .tracking import exported_workflow, workflow_origin
+    from .tracking.reader import exported_workflow, workflow_origin
 
     workflow, source = exported_workflow(args.tracking_uri, args.run_id)
     header = (f"# lrtune workflow exported from MLflow run {source['run_id']} ({source['run_name']}, "
@@ -139,12 +139,12 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(f"--save: task {task.name!r} trains with its own loop (train_fn), which keeps its "
                          f"model to itself: lrtune has no model to save; nothing was trained")
     m = task.metric_name
-    from . import tracking  # MLflow (and Ray) load only for a valid workflow
+    from .tracking.writer import TrainRun, save_model  # MLflow (and Ray) load only for a valid workflow
 
     origin = wf.origin.model_dump() if wf.origin else {}
     uri = (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or origin.get("tracking_uri")
            or "sqlite:///mlflow.db")
-    run = None if args.no_mlflow else tracking.TrainRun(uri, args.experiment, workflow, origin)
+    run = None if args.no_mlflow else TrainRun(uri, args.experiment, workflow, origin)
 
     def show(row):
         if run is not None:
@@ -170,7 +170,7 @@ def _train(args: argparse.Namespace) -> int:
             if run is not None:
                 model_uri = run.log_model(model, last["epoch"])
             if args.save:
-                tracking.save_model(model, args.save)
+                save_model(model, args.save)
                 saved = args.save
         if run is not None:
             run.end("diverged" if last["diverged"] else "finished", last["epoch"])
@@ -204,7 +204,8 @@ def _ui(args: argparse.Namespace) -> int:
     import signal
 
     from . import ui
-    from .tracking import SweepView, show_sweep_in_view
+    from .tracking.reader import SweepView
+    from .tracking.writer import show_sweep_in_view
 
     uri, experiment = args.tracking_uri, args.experiment
     if args.config:

@@ -257,7 +257,7 @@ class SweepConfig(_Strict):
     def _name(cls, v: str) -> str:
         # The name becomes a directory (name-YYYYmmdd-HHMMSS, found again by --resume) and the
         # `lrtune.sweep` tag that MLflow filter strings match: with no quote, slash or glob character
-        # in it, no name can break a path or a filter (tracking.quoted quotes it all the same).
+        # in it, no name can break a path or a filter (tracking.store.quoted quotes it all the same).
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v):
             raise ValueError("a name of at most 64 letters, digits, '_', '-' and '.', starting with a letter "
                              "or digit (it names the sweep's directory and MLflow runs)")

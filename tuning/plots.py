@@ -1,5 +1,8 @@
-"""Plots the sweep logs as artifacts. matplotlib's object API, not pyplot: no global state, so
-plots can be drawn on the logging thread."""
+"""Plots the sweep logs as artifacts: each trial's schedule, learning curves, range tests, and
+Optuna's importances and parallel coordinates of a study. matplotlib's object API, not pyplot, for
+the plots drawn while a sweep runs (no pyplot state, so they can be drawn off the main thread);
+Optuna's plots go through pyplot and are drawn by `lrtune report` only. The one module-level value,
+`_plotters`, holds the actor that draws the schedule plots, per Ray cluster joined."""
 
 from __future__ import annotations
 
@@ -114,7 +117,7 @@ def plot_range_tests(tests: list[dict], path: str, chosen: dict[str, float] | No
     centred loss the suggestion rule reads (schedules.range_test.centred_curve). Curves that
     coincide stay apart by line style and by markers at staggered points; each suggested max_lr is a
     vertical line in its curve's style with a ▼ at its own height; chosen: optimizer -> the decay
-    the seeding chose (seeds.json), drawn thick and named so in the legend."""
+    the seeding chose (priors.json), drawn thick and named so in the legend."""
     optimizers = sorted({t["optimizer"] for t in tests})
     chosen = chosen or {}
     fig = figure((5.2 * len(optimizers), 5))
@@ -150,3 +153,145 @@ def plot_range_tests(tests: list[dict], path: str, chosen: dict[str, float] | No
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
+
+
+def plot_study(storage: str, study_name: str, metric: str, folder, out=None) -> list[str]:
+    """Optuna's parameter importances and parallel coordinates of a sweep's study, as PNGs (for a
+    multi-objective study, of the first objective, the metric): one pair over the parameters every
+    completed trial shares (`shared_params`), and when the study holds more than one schedule, one
+    pair per schedule over its own (`optuna_importances_<schedule>.png`, ...). A plot Optuna
+    refuses (too few trials or values) is skipped with a line on `out`; the others are drawn."""
+    import functools
+    import sys
+    import warnings
+
+    import matplotlib
+    import optuna
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    out = out or sys.stdout
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if math.isfinite(t.values[0])]
+    groups = [("", "all trials", done)]
+    schedules = sorted({t.params["schedule"] for t in done if "schedule" in t.params})
+    if len(schedules) > 1:  # with one, its pair is the shared pair
+        groups += [(f"_{s}", s, [t for t in done if t.params.get("schedule") == s]) for s in schedules]
+    importances = functools.partial(ovm.plot_param_importances,
+                                    evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    paths = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for suffix, what, trials in groups:
+            params = shared_params(trials)
+            if len(trials) < 2 or not params:
+                print(f"(Optuna plots of {what} skipped: {len(trials)} completed trials, "
+                      f"{len(params)} parameters with more than one value)", file=out)
+                continue
+            sub = _study_of(trials, params, study.directions)
+            for name, plot, style in (("optuna_importances", importances, _style_importances),
+                                      ("optuna_parallel_coordinates", ovm.plot_parallel_coordinate,
+                                       _style_parallel_coordinates)):
+                try:
+                    ax = plot(sub, params=params, target=target, target_name=metric)
+                except Exception as e:  # noqa: BLE001 - Optuna refuses small or odd studies in many ways
+                    print(f"(Optuna plot {name}{suffix} skipped: {type(e).__name__}: {e})", file=out)
+                    plt.close("all")
+                    continue
+                style(ax, params, f"{metric}, {what} ({len(trials)} trials)")
+                path = str(Path(folder) / f"{name}{suffix}.png")
+                ax.figure.savefig(path, dpi=100)
+                plt.close(ax.figure)
+                paths.append(path)
+    return paths
+
+
+def shared_params(trials: list) -> list[str]:
+    """The parameters every trial has, with more than one value among them: a parameter some
+    trials lack is plotted as `None` and ranked on the few trials that have it; a constant one
+    says nothing (and Optuna's plots refuse it)."""
+    if not trials:
+        return []
+    common = set.intersection(*(set(t.params) for t in trials))
+    return sorted(p for p in common if len({repr(t.params[p]) for t in trials}) > 1
+                  and _union([t.distributions[p] for t in trials]) is not None)
+
+
+def _union(dists: list):
+    """One distribution covering these (Optuna's importances refuse a parameter whose distribution
+    differs between trials, and a seeded LR band differs per optimizer and moves as the search
+    extends it); None when they are of different kinds."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    first = dists[0]
+    if all(d == first for d in dists):
+        return first
+    if all(isinstance(d, CategoricalDistribution) for d in dists):
+        return CategoricalDistribution(list(dict.fromkeys(c for d in dists for c in d.choices)))
+    for kind in (FloatDistribution, IntDistribution):
+        if all(type(d) is kind and (d.log, d.step) == (first.log, first.step) for d in dists):
+            return kind(min(d.low for d in dists), max(d.high for d in dists), log=first.log, step=first.step)
+    return None
+
+
+def _study_of(trials: list, params: list[str], directions):
+    """An in-memory study of these trials with only these parameters, each over the union of its
+    distributions."""
+    import optuna
+
+    dists = {p: _union([t.distributions[p] for t in trials]) for p in params}
+    study = optuna.create_study(directions=directions)
+    study.add_trials([optuna.trial.create_trial(params={p: t.params[p] for p in params}, distributions=dists,
+                                                values=t.values) for t in trials])
+    return study
+
+
+def _style_importances(ax, params: list[str], title: str) -> None:
+    fig = ax.figure
+    fig.set_size_inches(8, max(2.8, 0.45 * len(params) + 1.6))
+    ax.set_title(f"parameter importances: {title}", loc="left", fontsize=10)  # where Optuna puts its own
+    fig.tight_layout()
+
+
+def _style_parallel_coordinates(ax, params: list[str], title: str) -> None:
+    """Room for every axis's ticks: an inch and a half per parameter, at most five ticks on a
+    linear axis and 1-2-5 per decade on a log one, long category names wrapped, tick labels on a white
+    ground over the lines, one grid (the metric's), the parameter names slanted."""
+    from matplotlib.ticker import FixedLocator, LogLocator, MaxNLocator, NullFormatter
+
+    fig = ax.figure
+    fig.set_size_inches(max(8.0, 1.5 * (len(params) + 1) + 2.5), 5.5)
+    ax.set_title(f"parallel coordinates: {title}", fontsize=10, y=1.03)
+    for label in ax.get_xticklabels():
+        label.set(rotation=25, ha="right", rotation_mode="anchor", fontsize=9)
+    for twin in ax.get_shared_x_axes().get_siblings(ax):
+        if twin is ax:
+            continue
+        twin.grid(False)
+        twin.tick_params(axis="y", which="both", labelsize=8)
+        twin.yaxis.set_minor_formatter(NullFormatter())
+        if isinstance(twin.yaxis.get_major_locator(), FixedLocator):  # a categorical axis
+            twin.set_yticklabels([_wrap(t.get_text()) for t in twin.get_yticklabels()])
+        elif twin.get_yscale() == "linear":
+            twin.yaxis.set_major_locator(MaxNLocator(5))
+        else:
+            twin.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        for label in twin.get_yticklabels():
+            label.set_bbox(dict(facecolor="white", alpha=0.75, edgecolor="none", pad=1))
+    fig.subplots_adjust(left=0.08, right=0.9, bottom=0.2, top=0.86)
+
+
+def _wrap(text: str, width: int = 12) -> str:
+    """A category name in lines of about `width` characters, broken at commas."""
+    lines, line = [], ""
+    for part in text.split(","):
+        if line and len(line) + len(part) + 1 > width:
+            lines.append(line + ",")
+            line = part
+        else:
+            line = f"{line},{part}" if line else part
+    return "\n".join(lines + [line])

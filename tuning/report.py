@@ -11,7 +11,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import plots, search, tracking
+from . import plots
+from .tracking.reader import SweepView
+from .tracking.store import STATUSES
 
 
 def table(rows: list[dict], metric: str, out=None, top: int | None = None) -> None:
@@ -34,9 +36,9 @@ def report(uri: str, experiment: str | None, sweep: str | None = None, top: int 
     None, unless `sweep` names a parent run id or sweep name) and log the plots to its parent run.
     Returns what was printed and logged."""
     out = out or sys.stdout
-    view = tracking.SweepView(uri, experiment, sweep)
+    view = SweepView(uri, experiment, sweep)
     rows, metric = view.ranked()
-    ended = {s: sum(r["status"] == s for r in rows) for s in tracking.STATUSES}
+    ended = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     print(f"sweep {view.name} (MLflow run {view.run_id}, {view.status}): {len(rows)} trials, "
           + ", ".join(f"{v} {k}" for k, v in ended.items() if v), file=out)
     table(rows, metric, out, top)
@@ -64,11 +66,11 @@ def _plots(view, rows: list[dict], metric: str, d: Path, out) -> list[str]:
         made.append(plots.plot_learning_curves(curves, metric, str(d / "learning_curves.png")))
     tests = view.range_tests()
     if tests:
-        chosen = {opt: s["weight_decay"] for opt, s in view.seeds().items()}
+        chosen = {opt: s["weight_decay"] for opt, s in view.priors().items()}
         made.append(plots.plot_range_tests(tests, str(d / "range_tests.png"), chosen))
     storage, study_name = view.optuna_study()
     try:
-        made += search.plot_study(storage, study_name, metric, d, out)
+        made += plots.plot_study(storage, study_name, metric, d, out)
     except Exception as e:  # noqa: BLE001 - the study itself unreadable (storage moved, another Optuna)
         print(f"(Optuna plots skipped: {type(e).__name__}: {e})", file=out)
     return made

@@ -24,9 +24,11 @@ The rules, in numbers (each is tested against a fabricated result in tests/tunin
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import ray
 import torch
@@ -35,6 +37,7 @@ from trainables.tasks import load_task, where
 from trainables.trainable import device_for, place
 from trainables.workflow import task_range_test
 
+from . import stores
 from .config import SweepConfig
 
 # Decades: the worst |log10(suggested max_lr / grid-best max_lr)| measured — 0.97 in
@@ -217,6 +220,26 @@ def seeds(outcomes: list[RangeTestOutcome], cfg: SweepConfig, train_size: int) -
             out[optimizer] = _seed(optimizer, ok, [o.weight_decay for o in outcomes
                                                    if o.optimizer == optimizer], scale)
     return out
+
+
+PRIORS_FILE = "lrtune-priors.json"  # in the sweep's folder under storage_path, beside Tune's state
+
+
+def save_priors(folder: str | Path, priors: dict[str, OptimizerSeed]) -> None:
+    """Keep what the range tests gave the search in the sweep's folder (written whole or not at
+    all), where `--resume` finds it with Tune's experiment state: a resumed sweep never runs its
+    range tests again, nor reads them back from the tracking store."""
+    stores.write_atomically(str(Path(folder, PRIORS_FILE)),
+                            json.dumps({k: v.to_dict() for k, v in priors.items()}, indent=1))
+
+
+def load_priors(folder: str | Path) -> dict[str, OptimizerSeed] | None:
+    """The priors `save_priors` kept in the sweep's folder; None when it kept none (a new sweep,
+    or one stopped in its range tests)."""
+    path = Path(folder, PRIORS_FILE)
+    if not path.is_file():
+        return None
+    return {k: OptimizerSeed.from_dict(v) for k, v in json.loads(path.read_text()).items()}
 
 
 def decay_scale(cfg: SweepConfig, train_size: int) -> float:

@@ -10,7 +10,7 @@ Also the first use of a store: MLflow (alembic) and Optuna create their tables w
 a new database, and two sweeps opening one at once both try (`table _alembic_tmp_experiments already
 exists`). `create_schemas` makes them under a lock file beside each sqlite file, before the sweep's
 runs are written, so that a second sweep finds them made; the only MLflow and Optuna calls outside
-tuning/tracking.py and tuning/search.py, because the lock is about the files, not the runs.
+tuning/tracking/ and tuning/search.py, because the lock is about the files, not the runs.
 
 And `write_atomically`, for the files lrtune writes itself (an exported workflow, the stopper's
 state): a full disk or a kill leaves the old file or none, never a half-written one.

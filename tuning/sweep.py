@@ -37,11 +37,14 @@ from trainables.tasks import load_task
 from trainables.trainable import storage_full, train
 from trainables.workflow import peak_lr, workflow_of
 
-from . import preflight, search, seeding, stores, tracking, ui
+from . import preflight, search, seeding, stores, ui
 from .config import ConfigError, SweepConfig, cut
 from .plots import schedule_png_in_ray
 from .report import table
 from .stopping import ScheduleFairStopping
+from .tracking.callback import TrialRuns, ended_as
+from .tracking.store import STATUSES, ui_command
+from .tracking.writer import SweepRecord, log_best_model
 
 
 @dataclass
@@ -70,15 +73,12 @@ class SweepResult:
     def counts(self) -> dict[str, int]:
         """Trials by how they ended: finished, stopped (early, by the scheduler), diverged, failed."""
         ended = [trial_status(t) for t in self.trials]
-        return {s: ended.count(s) for s in tracking.STATUSES}
+        return {s: ended.count(s) for s in STATUSES}
 
 
 def trial_status(trial: dict) -> str:
-    """How a trial ended (one of tracking.STATUSES): a trial whose last report was mid-budget was stopped."""
-    status = trial["result"].get("status")
-    if status == "failed" or trial.get("error"):
-        return "failed"
-    return status if status in ("finished", "diverged") else "stopped"
+    """How a trial ended (one of tracking.store.STATUSES): a trial whose last report was mid-budget was stopped."""
+    return "failed" if trial.get("error") else ended_as(trial["result"])
 
 
 @dataclass(frozen=True)
@@ -184,21 +184,19 @@ def _ray_temp_dir() -> str:
 
 
 def find_sweep(cfg: SweepConfig) -> str:
-    """The newest sweep of this config's name (for --resume): its directory under the storage path,
-    which does not exist yet when the sweep was stopped before its trials (in the range tests):
-    the sweep is then found by its MLflow parent run."""
+    """The newest sweep of this config's name (for --resume): its folder under the storage path,
+    made as the sweep starts (before its range tests), where Tune keeps its experiment state and
+    lrtune the range tests' priors."""
     root = Path(_abs(cfg.storage_path or "ray_results"))
     # name-YYYYmmdd-HHMMSS-xxxx; older sweeps have no suffix. Newest by the timestamp, then by when
     # its directory was made (two sweeps started in the same second differ only by their suffix).
     pattern = re.compile(rf"{re.escape(cfg.name)}-(\d{{8}}-\d{{6}})(-[0-9a-f]{{4}})?")
-    made = {p.name: p.stat().st_mtime_ns for p in root.glob(f"{cfg.name}-*") if pattern.fullmatch(p.name)}
-    names = set(made) | {n for n in tracking.sweep_names(cfg.tracking.mlflow_uri, cfg.tracking.experiment,
-                                                         f"{cfg.name}-") if pattern.fullmatch(n)}
-    found = sorted(names, key=lambda n: (pattern.fullmatch(n)[1], made.get(n, 0), n))
+    made = {p.name: p.stat().st_mtime_ns for p in root.glob(f"{cfg.name}-*") if pattern.fullmatch(p.name)
+            and p.is_dir()}
+    found = sorted(made, key=lambda n: (pattern.fullmatch(n)[1], made[n], n))
     if not found:
-        raise ConfigError(f"--resume: no sweep named {cfg.name!r} under {root} or in MLflow experiment "
-                          f"{cfg.tracking.experiment!r} to resume (named {cfg.name}-YYYYmmdd-HHMMSS-xxxx); run it "
-                          f"without --resume first")
+        raise ConfigError(f"--resume: no sweep named {cfg.name!r} under {root} to resume (a folder "
+                          f"{cfg.name}-YYYYmmdd-HHMMSS-xxxx); run it without --resume first")
     return str(root / found[-1])
 
 
@@ -228,7 +226,7 @@ def check_state(path: str) -> None:
                               f"a new sweep (this one's trials stay in MLflow)") from None
 
 
-def _forget_lost_trials(cfg: SweepConfig, path: str, sweep: tracking.Sweep) -> None:
+def _forget_lost_trials(cfg: SweepConfig, path: str, sweep: SweepRecord) -> None:
     """Before Tune restores a sweep: what a killed driver started after Tune last saved its state
     (the trials it lists) is lost. Their MLflow runs and folders go, their Optuna trials are told
     FAIL and the warm-start points among them queued again (`search.requeue_lost`)."""
@@ -245,14 +243,14 @@ def _forget_lost_trials(cfg: SweepConfig, path: str, sweep: tracking.Sweep) -> N
               f"run again", flush=True)
 
 
-def seed_search(cfg: SweepConfig, info: TaskInfo, sweep: tracking.Sweep, later) -> tuple[dict, float]:
+def seed_search(cfg: SweepConfig, info: TaskInfo, sweep: SweepRecord, later, folder: Path) -> tuple[dict, float]:
     """The range tests (as Ray tasks), each logged as a nested MLflow run (by `later`, the logging
-    thread, while the trials start), read into seeds by the seeding rules; a resumed sweep reuses
-    the seeds it logged. Returns the seeds and the tests' summed seconds. Raises SeedingRefused,
+    thread, while the trials start), read into seeds by the seeding rules and kept in the sweep's
+    folder (`folder`, beside Tune's experiment state), from which a resumed sweep takes them. Returns the seeds and the tests' summed seconds. Raises SeedingRefused,
     or RangeTestFailed when the task's code raised in a test."""
-    logged = sweep.load_seeds()
+    logged = seeding.load_priors(folder)
     if logged is not None:
-        return {k: seeding.OptimizerSeed.from_dict(v) for k, v in logged.items()}, 0.0
+        return logged, 0.0
     if sweep.resumed:  # stopped in the range tests: they run again, and are logged once
         sweep.drop_range_tests()
     t0 = time.perf_counter()
@@ -267,12 +265,11 @@ def seed_search(cfg: SweepConfig, info: TaskInfo, sweep: tracking.Sweep, later) 
     try:
         seeds = seeding.seeds(outcomes, cfg, info.examples)
     except (seeding.SeedingRefused, seeding.RangeTestFailed):
-        later(sweep.client.set_tag, sweep.run_id, "lrtune.stopped_by", "range_test")
+        later(sweep.stopped_by, "range_test")
         raise
     seconds = sum(o.seconds for o in outcomes)
-    later(sweep.log_seeds, seeds)
-    later(sweep.client.log_metric, sweep.run_id, "range_test_seconds", seconds)
-    later(sweep.client.log_metric, sweep.run_id, "range_test_wall_s", time.perf_counter() - t0)
+    seeding.save_priors(folder, seeds)
+    later(sweep.log_priors, seeds, seconds, time.perf_counter() - t0)
     print(seeding.describe(outcomes, seeds), flush=True)  # before the trials, whatever Tune's verbosity
     return seeds, seconds
 
@@ -362,16 +359,16 @@ class DiskFull(tune.Callback):
     """Watches for a full disk where Tune writes (storage_path): in a trial's error (a checkpoint that
     could not be copied there) and in Tune's own copy of its experiment state, whose traceback it
     keeps off the console (a filter on that logger). Seen once, it stops Tune's loop as a signal
-    does, at the next step of the loop (`stop`), and the sweep ends with one message."""
+    does (`StopWhen`), and the sweep ends with one message."""
 
     # Tune's copy of its state, its trial errors, its closing lines (a Tuner.restore hint: not ours)
     LOGGERS = ("ray.tune.execution.experiment_state", "ray.tune.execution.tune_controller", "ray.tune.tune")
 
-    def __init__(self, stop):
-        self.stop, self.seen = stop, None
+    def __init__(self):
+        self.seen: str | None = None  # what could not be written
 
-    def __getstate__(self):  # Tune pickles callbacks with its experiment state; the hook stays here
-        return dict(self.__dict__, stop=None, seen=None)
+    def __getstate__(self):  # Tune pickles callbacks with its experiment state
+        return dict(self.__dict__, seen=None)
 
     def __enter__(self):
         for name in self.LOGGERS:
@@ -402,8 +399,22 @@ class DiskFull(tune.Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._trial_failed(trial)
 
+
+
+class StopWhen(tune.Callback):
+    """Stops Tune's loop once (`stop`, as a signal does), at the step after any of `reasons` first
+    gives something true: a full disk (`DiskFull.seen`), an MLflow store that refused a write
+    (`TrialRuns.broken`: trials going on would log nothing; Tune's records keep what they did and
+    `--resume` logs it)."""
+
+    def __init__(self, stop, *reasons):
+        self.stop, self.reasons = stop, reasons
+
+    def __getstate__(self):  # Tune pickles callbacks with its experiment state; the hooks stay here
+        return dict(self.__dict__, stop=None, reasons=())
+
     def on_step_end(self, iteration, trials, **info):
-        if self.seen and self.stop:
+        if self.stop is not None and any(reason() for reason in self.reasons):
             self.stop, stop = None, self.stop
             stop()
 
@@ -444,20 +455,22 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                     info.checkpoint_bytes)
     stores.commit_without_waiting(cfg.tracking.mlflow_uri, cfg.tracking.optuna_storage)
     stores.create_schemas(cfg.tracking.mlflow_uri, cfg.tracking.optuna_storage)
-    sweep = tracking.Sweep(cfg.tracking.mlflow_uri, cfg.tracking.experiment, name, cfg.model_dump(),
+    folder = Path(storage, name)
+    folder.mkdir(parents=True, exist_ok=True)  # before the parent run: --resume finds the sweep by it
+    sweep = SweepRecord(cfg.tracking.mlflow_uri, cfg.tracking.experiment, name, cfg.model_dump(),
                            resume=resume, metric=info.metric, mode=info.mode)
-    trial_runs = tracking.TrialRuns(sweep, schedule_png_in_ray)
+    trial_runs = TrialRuns(sweep, schedule_png_in_ray)
     status, ended = "FAILED", False
     t0, started_at = time.perf_counter(), time.time()
-    signals = StopSignals(functools.partial(tracking.kill_at_once, sweep, trial_runs))
-    full = DiskFull(signals.stop_tune)
-    trial_runs.stop = signals.stop_tune
+    signals = StopSignals(trial_runs.end_at_once)
+    full = DiskFull()
+    stop_when = StopWhen(signals.stop_tune, lambda: full.seen, lambda: trial_runs.broken)
     why = ""
     try:
         signals.install()
-        seeds, range_s = seed_search(cfg, info, sweep, trial_runs.later) if cfg.search.seeded else (None, 0.0)
+        seeds, range_s = seed_search(cfg, info, sweep, trial_runs.later, folder) if cfg.search.seeded else (None, 0.0)
         trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
-        callbacks = [trial_runs, CSVLoggerCallback(), JsonLoggerCallback(), full]
+        callbacks = [trial_runs, CSVLoggerCallback(), JsonLoggerCallback(), full, stop_when]
         if path and tune.Tuner.can_restore(path):
             _forget_lost_trials(cfg, path, sweep)
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -520,12 +533,11 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
         sweep.end(status, summary=summary(result), note=note(result, cfg, info),
                   best=dict(run_id=best[0]["run_id"], workflow=workflow_of(best[0]["config"])) if best else None)
         ended = True
-        tracking.show_sweep_in_view(cfg.tracking.mlflow_uri, sweep.experiment_id, name, sweep.run_id,
-                                    info.metric, info.mode)
+        sweep.show_in_view()
         if status == "FAILED":
             raise SweepFailed(f"all {len(trials)} trials failed; the first: {result.failed()[0]['error']}")
         if cfg.tracking.log_best_model and best:
-            print(tracking.log_best_model(cfg.tracking.mlflow_uri, best[0]), flush=True)
+            print(log_best_model(cfg.tracking.mlflow_uri, best[0]), flush=True)
         return result
     except KeyboardInterrupt:
         status = "KILLED"
@@ -633,7 +645,7 @@ def print_summary(result: SweepResult, cfg: SweepConfig, out=None) -> None:
     uri = cfg.tracking.mlflow_uri
     base = ui.base_url(uri)
     print("\nMLflow UI:          " + ("(the tracking server)" if base == uri.rstrip("/") else
-                                    f"lrtune ui --tracking-uri {uri}   (or: {tracking.ui_command(uri)})"), file=out)
+                                    f"lrtune ui --tracking-uri {uri}   (or: {ui_command(uri)})"), file=out)
     print(f"The trials:         {ui.runs_url(base, result.experiment_id, m, result.mode, view_id=ui.VIEW_ID)}\n"
           f"                    (best first, with their columns: the experiment's saved view, which shows "
           f"its newest sweep;\n                    this sweep's, whatever runs later: "

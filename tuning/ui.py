@@ -44,7 +44,7 @@ def runs_url(base_url: str, experiment_id: str, metric: str, mode: str, parent_r
              view_id: str | None = None) -> str:
     """The URL of the experiment's training runs, filtered to the trials and sorted by the metric
     (MLflow's default columns). With `view_id`, that of the saved view `runs_view` describes
-    (tracking.save_runs_view), which shows the trials' columns too."""
+    (tracking.writer.save_runs_view), which shows the trials' columns too."""
     view = runs_view(metric, mode, parent_run_id)
     query = dict(workflowType="machine_learning")
     if view_id:
@@ -77,7 +77,7 @@ def serve(tracking_uri: str, host: str = "127.0.0.1", port: int | None = None,
     """Start `mlflow ui` for a store (a free port when `port` is None) and wait until it answers
     /health. Returns the process (its own process group: `stop` ends the server's workers too) and
     its base URL. The runs' artifacts resolve as they are: lrtune's experiments keep them beside a
-    sqlite store under absolute paths (`tracking.artifact_location`: `<its folder>/mlruns/...`);
+    sqlite store under absolute paths (`tracking.store.artifact_location`: `<its folder>/mlruns/...`);
     `--default-artifact-root` places those of experiments made in the UI there too. RuntimeError, with the server's last output, when it
     does not come up."""
     if tracking_uri.startswith(("http://", "https://")):

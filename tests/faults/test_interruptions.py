@@ -210,9 +210,10 @@ def _range_tests_running(tmp: Path):
 
 
 def test_killed_in_the_range_tests_resume_reuses_the_parent(tmp_path):
-    """Point 3: a sweep killed (SIGKILL) while its range tests run has no Ray directory yet; --resume
+    """Point 3: a sweep killed (SIGKILL) while its range tests run has no Tune state yet; --resume
     used to refuse it ("no sweep named ...") and the parent stayed RUNNING. It is found by its
-    MLflow parent run, which is reused (one parent, FINISHED), and its range tests logged once."""
+    folder (made as the sweep starts, without Tune's state yet), its MLflow
+    parent run is reused (one parent, FINISHED), and its range tests logged once."""
     _config(tmp_path, task="digits", model="mlp", epochs=2, range_test=dict(num_iter=30, weight_decays=[0, 1e-4]),
             search=dict(num_samples=2, max_concurrent=1, seeded=True, seed=0))
     proc = _start(tmp_path)
@@ -221,7 +222,8 @@ def test_killed_in_the_range_tests_resume_reuses_the_parent(tmp_path):
     proc.wait(30)
     _, parents, trials = _runs(tmp_path)
     assert [p.info.status for p in parents] == ["RUNNING"] and not trials
-    assert not (tmp_path / "ray_results").exists() or not list((tmp_path / "ray_results").iterdir())
+    (folder,) = (tmp_path / "ray_results").iterdir()
+    assert folder.name == parents[0].info.run_name and not list(folder.glob("experiment_state-*"))
     code, out = _finish(_start(tmp_path, "--resume"))
     assert code == 0, out[-3000:]
     _assert_resumed(tmp_path, epochs=2, metric="accuracy")

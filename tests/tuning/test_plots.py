@@ -52,12 +52,12 @@ def _study(plan, storage=None):
 def test_shared_params_of_a_mixed_study_and_those_of_each_schedule():
     trials = _study(MIXED).trials
     assert len({repr(t.distributions["lr_shift"]) for t in trials}) == 2
-    assert search.shared_params(trials) == ["decay_shift", "lr_shift", "optimizer", "schedule"]
-    of = {s: search.shared_params([t for t in trials if t.params["schedule"] == s]) for s in CFG.schedules}
+    assert plots.shared_params(trials) == ["decay_shift", "lr_shift", "optimizer", "schedule"]
+    of = {s: plots.shared_params([t for t in trials if t.params["schedule"] == s]) for s in CFG.schedules}
     assert of == {"one_cycle": ["base_momentum", "decay_shift", "lr_shift", "max_momentum", "optimizer"],
                   "constant": ["decay_shift", "lr_shift", "momentum", "optimizer"],
                   "cyclic": []}  # one trial: every value is its only one
-    assert search.shared_params([]) == []
+    assert plots.shared_params([]) == []
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def drawn(monkeypatch):
 def test_study_plots_over_the_shared_params_and_one_pair_per_schedule(tmp_path, drawn, capsys):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     _study(MIXED, storage)
-    paths = search.plot_study(storage, "sweep", "accuracy", tmp_path)
+    paths = plots.plot_study(storage, "sweep", "accuracy", tmp_path)
     names = {f"optuna_{kind}{s}.png" for kind in ("importances", "parallel_coordinates")
              for s in ("", "_one_cycle", "_constant")}
     assert {p.rsplit("/", 1)[-1] for p in paths} == names  # cyclic's single trial: skipped
@@ -97,13 +97,13 @@ def test_study_plots_over_the_shared_params_and_one_pair_per_schedule(tmp_path, 
 def test_tiny_studies_skip_what_they_cannot_plot(tmp_path, capsys):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     _study([("adamw", "one_cycle")], storage)
-    assert search.plot_study(storage, "sweep", "accuracy", tmp_path) == []
+    assert plots.plot_study(storage, "sweep", "accuracy", tmp_path) == []
     assert "Optuna plots of all trials skipped: 1 completed trials" in capsys.readouterr().out
     # one schedule: no pair of its own (it would repeat the shared one); a constant parameter is left out
     storage = f"sqlite:///{tmp_path}/two.db"
     trials = _study([("adamw", "one_cycle")] * 2, storage).trials
-    assert search.shared_params(trials) == ["base_momentum", "decay_shift", "lr_shift", "max_momentum"]
-    paths = search.plot_study(storage, "sweep", "accuracy", tmp_path)
+    assert plots.shared_params(trials) == ["base_momentum", "decay_shift", "lr_shift", "max_momentum"]
+    paths = plots.plot_study(storage, "sweep", "accuracy", tmp_path)
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["optuna_importances.png", "optuna_parallel_coordinates.png"]
     # every trial the same value: fANOVA refuses (zero variance), the parallel coordinates are drawn
     storage = f"sqlite:///{tmp_path}/flat.db"
@@ -111,7 +111,7 @@ def test_tiny_studies_skip_what_they_cannot_plot(tmp_path, capsys):
     study.optimize(lambda t: 0.5 + 0 * t.suggest_float("x", 0, 1), n_trials=3)
     capsys.readouterr()
     (tmp_path / "flat").mkdir()
-    paths = search.plot_study(storage, "sweep", "accuracy", tmp_path / "flat")
+    paths = plots.plot_study(storage, "sweep", "accuracy", tmp_path / "flat")
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["optuna_parallel_coordinates.png"]
     assert "Optuna plot optuna_importances skipped: RuntimeError" in capsys.readouterr().out
 

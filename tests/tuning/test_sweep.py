@@ -16,7 +16,7 @@ from trainables.loops import as_computed
 from tuning.cli import main
 from tuning.config import ConfigError, load, parse
 from tuning.seeding import OptimizerSeed
-from tuning.tracking import read_artifact
+from tuning.tracking.store import read_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
     # the config under one prefix, apart from the trials' params
     assert parent.data.params["config.epochs"] == "2" and parent.data.params["config.task"] == "digits"
     assert not {"epochs", "optimizers", "optimizer"} & set(parent.data.params)
-    assert {"config.yaml", "seeds.json", "summary.json", "best_workflow.yaml"} <= {
+    assert {"config.yaml", "priors.json", "summary.json", "best_workflow.yaml"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)}
     # one range test per optimizer x weight decay, nested under the sweep, with plot and curve
     assert sorted((r.data.tags["optimizer"], float(r.data.tags["weight_decay"])) for r in range_tests) == [
@@ -51,7 +51,7 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
         assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.data.tags["status"] == "ok"
         assert r.data.metrics["suggested_lr"] == pytest.approx(r.data.metrics["suggested_max_lr"] / 4)
         assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["range_test.json", "range_test.png"]
-    seeds = json.loads(read_artifact(client, parent.info.run_id, "seeds.json"))
+    seeds = json.loads(read_artifact(client, parent.info.run_id, "priors.json"))
     tested = {(r.data.tags["optimizer"], float(r.data.tags["weight_decay"])): r.data.metrics["suggested_max_lr"]
               for r in range_tests}
     for opt, seed in seeds.items():  # the seed's max_lr is its chosen decay's suggestion
@@ -466,6 +466,11 @@ def test_resume_after_a_killed_driver_loses_no_trial_and_runs_none_twice(ray_ses
             driver.kill()
         driver.wait()
     assert driver.returncode == -signal.SIGKILL and 2 <= len(finished_before) < n, "killed mid-sweep"
+    # the range tests' priors are the sweep's state, kept beside Tune's in its folder: resume takes
+    # them from there, not from MLflow's record (taken away here)
+    assert (next((tmp_path / "ray_results").glob("killed-*")) / "lrtune-priors.json").is_file()
+    for record in (tmp_path / "mlruns").rglob("priors.json"):
+        record.unlink()
 
     result = run_sweep(parse(raw), verbose=0, resume=True)
 
@@ -478,7 +483,7 @@ def test_resume_after_a_killed_driver_loses_no_trial_and_runs_none_twice(ray_ses
     client, parents, trials, range_tests = _runs(tmp_path, "killed")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags.get("lrtune.resumed") == "true"
-    assert len(range_tests) == 2  # the seeds were reused, not tested again
+    assert len(range_tests) == 2  # the priors were reused, not tested again
     by_id = {}
     for t in trials:
         by_id.setdefault(t.data.tags["lrtune.trial_id"], []).append(t)
@@ -587,7 +592,7 @@ def test_the_search_extends_a_band_whose_best_trial_sits_at_its_edge(ray_session
     assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
     out = capsys.readouterr().out
     client, parents, trials, _ = _runs(tmp_path, "edge")
-    seed = OptimizerSeed.from_dict(json.loads(read_artifact(client, parents[0].info.run_id, "seeds.json"))["adamw"])
+    seed = OptimizerSeed.from_dict(json.loads(read_artifact(client, parents[0].info.run_id, "priors.json"))["adamw"])
     lo, hi = seed.shifts
     assert hi > 0.95 and "adamw's best trial so far" in out and "extended up" in out
     study = optuna.load_study(study_name=parents[0].info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")

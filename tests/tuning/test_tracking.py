@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tuning.tracking import Sweep, TrialRuns
+from tuning.tracking.callback import TrialRuns
+from tuning.tracking.writer import SweepRecord
 
 
 def _trial(trial_id, **config):
@@ -14,7 +15,7 @@ def _trial(trial_id, **config):
 
 def test_a_dying_sweep_leaves_no_trial_run_open(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    sweep = Sweep(uri, "exp", "s-1", {"epochs": 3})
+    sweep = SweepRecord(uri, "exp", "s-1", {"epochs": 3})
     runs = TrialRuns(sweep)
     done, cut = _trial("a", lr=0.1), _trial("b", lr=0.2)
     for t in (done, cut):
@@ -26,7 +27,7 @@ def test_a_dying_sweep_leaves_no_trial_run_open(tmp_path):
     sweep.end("KILLED")
 
     client = MlflowClient(uri)
-    by_trial = {r.data.tags["lrtune.trial_id"]: r for r in sweep.trial_runs()}
+    by_trial = {r.data.tags["lrtune.trial_id"]: r for r in sweep.trial_runs("trial")}
     assert by_trial["a"].info.status == "FINISHED" and by_trial["a"].data.tags["status"] == "finished"
     assert by_trial["b"].info.status == "KILLED" and by_trial["b"].data.tags["status"] == "stopped"
     assert client.get_run(sweep.run_id).info.status == "KILLED"
@@ -38,7 +39,7 @@ def test_each_trial_run_gets_its_schedule_plot_drawn_by_the_actor_after_it_ends(
     from tuning.plots import schedule_png_in_ray
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    sweep = Sweep(uri, "exp", "s-1", {"epochs": 2})
+    sweep = SweepRecord(uri, "exp", "s-1", {"epochs": 2})
     runs = TrialRuns(sweep, schedule_png_in_ray)
     schedules = dict(a=dict(schedule="one_cycle", max_lr=0.1), b=dict(schedule="constant", lr=1e-3),
                      c=dict(schedule="sgdr", lr=0.05, T_0=4, eta_min=1e-4))
@@ -52,7 +53,7 @@ def test_each_trial_run_gets_its_schedule_plot_drawn_by_the_actor_after_it_ends(
     sweep.end()
 
     client = MlflowClient(uri)
-    for r in sweep.trial_runs():
+    for r in sweep.trial_runs("trial"):
         assert r.info.status == "FINISHED"
         assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["lr_schedule.png", "workflow.yaml"]
         with tempfile.TemporaryDirectory() as d:
@@ -72,15 +73,16 @@ def test_log_ticks_are_1_2_5_over_narrow_ranges_and_at_most_7_decades_over_wide_
 def test_experiments_keep_their_artifacts_beside_a_sqlite_store_not_in_the_working_directory(tmp_path):
     """A sweep's experiment and a `lrtune train` run's: artifacts under <the store's folder>/mlruns,
     wherever the command ran from (the test runs in tmp_path; the store sits in tmp_path/store)."""
-    from tuning.tracking import TrainRun, artifact_location
+    from tuning.tracking.store import artifact_location
+    from tuning.tracking.writer import TrainRun
 
     store = tmp_path / "store"
     store.mkdir()
     uri = f"sqlite:///{store}/mlflow.db"
-    sweep = Sweep(uri, "exp", "s-1", {"epochs": 3})
-    sweep.client.log_text(sweep.run_id, "x", "note.txt")
+    sweep = SweepRecord(uri, "exp", "s-1", {"epochs": 3})
+    MlflowClient(uri).log_text(sweep.run_id, "x", "note.txt")
     train = TrainRun(uri, "trained", dict(optimizer="adamw", schedule="constant", lr=0.01))
-    train.client.log_text(train.run_id, "y", "note.txt")
+    MlflowClient(uri).log_text(train.run_id, "y", "note.txt")
     client = MlflowClient(uri)
     for name in ("exp", "trained"):
         assert client.get_experiment_by_name(name).artifact_location == (store / "mlruns").as_uri()

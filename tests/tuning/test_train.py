@@ -16,7 +16,8 @@ from trainables.loops import train_workflow
 from trainables.tasks import load_task
 from trainables.loops import as_computed
 from tuning.cli import main
-from tuning.tracking import WORKFLOW_ARTIFACT, Sweep, read_artifact
+from tuning.tracking.store import WORKFLOW_ARTIFACT, read_artifact
+from tuning.tracking.writer import SweepRecord
 
 WORKFLOW = dict(task="digits", model="mlp", optimizer="adamw", schedule="one_cycle", max_lr=0.01,
                 weight_decay=1e-4, epochs=2, batch_size=100)
@@ -39,8 +40,8 @@ def _write(path, workflow: dict):
 def _exported_trial(uri: str, tmp_path) -> tuple[str, str, str]:
     """A sweep's parent run and one finished trial run with its workflow.yaml (what a sweep logs),
     exported with `lrtune export`: (workflow path, trial run id, parent run id)."""
-    sweep = Sweep(uri, "exp", "swp-1", dict(name="swp"))
-    client = sweep.client
+    sweep = SweepRecord(uri, "exp", "swp-1", dict(name="swp"))
+    client = MlflowClient(uri)
     trial = client.create_run(sweep.experiment_id, tags={"mlflow.parentRunId": sweep.run_id,
                                                           "lrtune.kind": "trial", "status": "finished"})
     client.log_text(trial.info.run_id, yaml.safe_dump(WORKFLOW, sort_keys=False), WORKFLOW_ARTIFACT)
