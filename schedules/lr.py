@@ -25,6 +25,7 @@ from ._checks import one_of, positive_int, require
 from .registry import MOMENTUM, Param, ScheduleSpec, lookup
 
 CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
+PCT_START = 0.25  # 1-cycle's warm-up, as a fraction of the steps
 
 # Every schedule parameter a workflow may set, one rule per name whichever schedules take it.
 PARAMS = {p.name: p for p in (
@@ -62,7 +63,7 @@ def _momenta(base_momentum: float, max_momentum: float) -> None:
             base_momentum)
 
 
-def one_cycle(optimizer: Optimizer, max_lr: float, total_steps: int, pct_start: float = 0.25,
+def one_cycle(optimizer: Optimizer, max_lr: float, total_steps: int, pct_start: float = PCT_START,
               div_factor: float = 25.0, final_div_factor: float = 1e4,
               anneal_strategy: str = "cos", cycle_momentum: bool = True,
               base_momentum: float = 0.85, max_momentum: float = 0.95) -> LRScheduler:
@@ -191,20 +192,23 @@ def _constant(optimizer, total_steps):
     return constant(optimizer)
 
 
+def _params(*names: str) -> tuple[Param, ...]:
+    return tuple(PARAMS[n] for n in names)
+
+
 SCHEDULE_SPECS = (
     ScheduleSpec("one_cycle", "Smith & Topin's 1-cycle: warm-up to max_lr, then annealing far below the start",
-                 _one_cycle, peak="max_lr", required=(PARAMS["max_lr"],),
-                 optional=(PARAMS["pct_start"], PARAMS["div_factor"], PARAMS["final_div_factor"], PARAMS["base_momentum"],
-                           PARAMS["max_momentum"]),
+                 _one_cycle, peak="max_lr", required=_params("max_lr"),
+                 optional=_params("pct_start", "div_factor", "final_div_factor", "base_momentum", "max_momentum"),
                  cycle_ends=lambda step, total_steps, p: step == total_steps, compare="budget_fractions",
-                 # torch divides by the warm-up length pct_start*total_steps - 1
-                 min_steps=lambda p: math.floor(1 / p.get("pct_start", 0.25)) + 1,
+                 # one_cycle's own check: pct_start * total_steps > 1
+                 min_steps=lambda p: math.floor(1 / p.get("pct_start", PCT_START)) + 1,
                  min_steps_reason="its warm-up is a quarter of them"),
     ScheduleSpec("cyclic", "Smith's cyclical LR between base_lr and max_lr", _cyclic, peak="max_lr",
-                 required=(PARAMS["base_lr"], PARAMS["max_lr"], PARAMS["step_size_up"]), optional=(PARAMS["mode"], PARAMS["gamma"]),
+                 required=_params("base_lr", "max_lr", "step_size_up"), optional=_params("mode", "gamma"),
                  cycle_ends=_cyclic_ends, compare="cycle_ends"),
     ScheduleSpec("sgdr", "Loshchilov & Hutter's cosine annealing with warm restarts from the optimizer's lr",
-                 _sgdr, peak="lr", required=(PARAMS["T_0"],), optional=(PARAMS["T_mult"], PARAMS["eta_min"], PARAMS["warmup_steps"]),
+                 _sgdr, peak="lr", required=_params("T_0"), optional=_params("T_mult", "eta_min", "warmup_steps"),
                  cycle_ends=_sgdr_ends, compare="cycle_ends"),
     ScheduleSpec("constant", "the optimizer's lr, unchanged (the baseline)", _constant, peak="lr",
                  required=(), optional=(), cycle_ends=lambda step, total_steps, p: True, compare="milestones"),

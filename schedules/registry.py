@@ -45,9 +45,8 @@ class Param:
         elif self.type is int and self.lo == 1 and self.hi is None:
             positive_int(name, value)
         elif self.type is int:
-            require(isinstance(value, int) and not isinstance(value, bool) and self._within(value), name,
-                    "to be a non-negative integer" if (self.lo, self.hi) == (0, None) else f"to be an integer {self.rule}",
-                    value)
+            rule = "to be a non-negative integer" if (self.lo, self.hi) == (0, None) else f"to be an integer {self.rule}"
+            require(isinstance(value, int) and not isinstance(value, bool) and self._within(value), name, rule, value)
         elif self.lo == 0 and self.hi is None:
             (positive if self.closed[0] == "(" else non_negative)(name, value)
         elif self.lo is not None and self.hi is not None:

@@ -14,6 +14,7 @@ from schedules import (OPTIMIZER_SPECS, OPTIMIZERS, PARAMS, SCHEDULE_SPECS, SCHE
 from schedules.range_test import optimizer_family
 from trainables.workflow import (SCHEDULE_PARAMS, WORKFLOW_KEYS, build_optimizer, build_schedule, epoch_ends_cycle,
                                  peak_lr)
+from tests.schedules.test_lr import _trace as lr_trace
 from tuning.config import ConfigError, WorkflowConfig, parse
 
 LR = 0.1
@@ -43,14 +44,8 @@ def _opt(kind="sgd", lr=LR):
 
 def _trace(opt, sched, steps) -> list[tuple[float, float]]:
     """(lr, momentum-or-beta1) that steps 0..steps-1 use, then the one after the last step."""
-    out = []
-    for _ in range(steps):
-        g = opt.param_groups[0]
-        out.append((g["lr"], g["betas"][0] if "betas" in g else g["momentum"]))
-        opt.step()
-        sched.step()
     g = opt.param_groups[0]
-    return out + [(g["lr"], g["betas"][0] if "betas" in g else g["momentum"])]
+    return lr_trace(opt, sched, steps) + [(g["lr"], g["betas"][0] if "betas" in g else g["momentum"])]
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
