@@ -3,8 +3,8 @@ imports Optuna.
 
 `space` reads like an optuna-examples objective: each value is suggested where it is used,
 conditional parameters are plain `if`s, one function per schedule, registered by name with its
-warm-start values (`@searched`); every schedule in schedules.SCHEDULES must have one. An optimizer with a range-test
-seed (tuning/seeding.py) gets the seeded space: its LR is searched as `lr_shift`, decades from the
+warm-start values (`@searched`); every schedule in schedules.SCHEDULES must have one (checked at
+import). An optimizer with a range-test seed (tuning/seeding.py) gets the seeded space: its LR is searched as `lr_shift`, decades from the
 range test's suggestion, within the band the curve supports (`OptimizerSeed.shifts`), and its
 weight decay as `decay_shift`, at most ±half a decade around the chosen decay's λ_norm (the same
 Optuna parameters for every optimizer, so TPE learns how far from the range test the best runs
