@@ -4,15 +4,15 @@ imports Optuna.
 `space` reads like an optuna-examples objective: each value is suggested where it is used,
 conditional parameters are plain `if`s, one function per schedule, registered by name with its
 warm-start values (`@searched`); every schedule in schedules.SCHEDULES must have one (checked at
-import). An optimizer with a range-test seed (tuning/seeding.py) gets the seeded space: its LR is searched as `lr_shift`, decades from the
-range test's suggestion, within the band the curve supports (`OptimizerSeed.shifts`), and its
-weight decay as `decay_shift`, at most ±half a decade around the chosen decay's λ_norm (the same
-Optuna parameters for every optimizer, so TPE learns how far from the range test the best runs
-lie); the absolute values (`lr`, `max_lr`, `weight_decay`, `lambda_norm`) go into the trial's
-config. `Bands` extends an LR band while the search runs when its best trial sits at an edge.
-Without a seed (blind mode, `search.seeded: false`) LR and decay are searched directly over the
-wide ranges. The warm start (`start_points`) runs the suggestions themselves and a point in the
-larger side of each band before the sampler takes over.
+import). An optimizer with a range-test seed (tuning/seeding.py) gets the seeded space: its LR is
+searched as `lr_shift`, decades from the range test's suggestion, within the band the curve supports
+(`OptimizerSeed.shifts`), and its weight decay as `decay_shift`, at most ±half a decade around the
+chosen decay's λ_norm (the same Optuna parameters for every optimizer, so TPE learns how far from
+the range test the best runs lie); the absolute values (`lr`, `max_lr`, `weight_decay`,
+`lambda_norm`) go into the trial's config. `Bands` extends an LR band while the search runs when its
+best trial sits at an edge. Without a seed (blind mode, `search.seeded: false`) LR and decay are
+searched directly over the wide ranges. The warm start (`start_points`) runs the suggestions
+themselves and a point in the larger side of each band before the sampler takes over.
 """
 
 from __future__ import annotations
