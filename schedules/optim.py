@@ -1,4 +1,5 @@
-"""Decoupled weight decay for SGD (SGDW) and the paper's normalized weight decay."""
+"""Decoupled weight decay for SGD (SGDW), the paper's normalized weight decay, and the description
+of each optimizer a workflow may name (`OPTIMIZER_SPECS`, see schedules/registry.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import math
 
 import torch
 
-from ._checks import in_range, non_negative, positive, positive_int
+from ._checks import non_negative, positive, positive_int
+from .registry import MOMENTUM, OptimizerSpec, lookup
 
 
 class SGDW(torch.optim.SGD):
@@ -17,7 +19,7 @@ class SGDW(torch.optim.SGD):
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False, dampening: float = 0.0):
         positive("lr", lr)
-        in_range("momentum", momentum, 0.0, 1.0, closed="[)")
+        MOMENTUM.check(momentum)
         non_negative("weight_decay", weight_decay)
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          nesterov=nesterov, dampening=dampening)
@@ -52,3 +54,38 @@ def normalized_weight_decay(lambda_norm: float, batch_size: int, train_size: int
     positive_int("train_size", train_size)
     positive_int("epochs", epochs)
     return lambda_norm * math.sqrt(batch_size / (train_size * epochs))
+
+
+def _adamw(params, lr, weight_decay, momentum, beta2):
+    return torch.optim.AdamW(params, lr=lr, betas=(momentum, beta2), weight_decay=weight_decay)
+
+
+def _adam(params, lr, weight_decay, momentum, beta2):
+    return torch.optim.Adam(params, lr=lr, betas=(momentum, beta2), weight_decay=weight_decay)
+
+
+def _sgdw(params, lr, weight_decay, momentum, beta2):
+    return SGDW(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _sgd(params, lr, weight_decay, momentum, beta2):
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+# adam and sgd add weight_decay to the gradient as L2: kept so that the decoupled-vs-L2 claim can be measured.
+OPTIMIZER_SPECS = (
+    OptimizerSpec("adamw", "Adam with decoupled weight decay", _adamw, decoupled=True, family="adaptive",
+                  takes=("lr", "weight_decay", "momentum", "beta2")),
+    OptimizerSpec("sgdw", "SGD with momentum and decoupled weight decay", _sgdw, decoupled=True, family="sgd",
+                  takes=("lr", "weight_decay", "momentum")),
+    OptimizerSpec("adam", "Adam, weight decay as L2", _adam, decoupled=False, family="adaptive",
+                  takes=("lr", "weight_decay", "momentum", "beta2")),
+    OptimizerSpec("sgd", "SGD with momentum, weight decay as L2", _sgd, decoupled=False, family="sgd",
+                  takes=("lr", "weight_decay", "momentum")),
+)
+OPTIMIZERS = tuple(o.name for o in OPTIMIZER_SPECS)
+
+
+def optimizer_spec(name: str) -> OptimizerSpec:
+    """The description of the optimizer `name`; ValueError naming the allowed ones if there is none."""
+    return lookup("optimizer", name, OPTIMIZER_SPECS)

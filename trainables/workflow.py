@@ -17,47 +17,32 @@ from typing import Callable
 import torch
 from torch import nn
 
-from schedules import SCHEDULES, SGDW, at_cycle_end, constant, cyclic, one_cycle, sgdr
-from schedules._checks import in_range, non_negative, one_of, positive, positive_int
+from schedules import OPTIMIZERS, SCHEDULES  # noqa: F401 - the names' public home since before the registry
+from schedules import MOMENTUM, PARAMS, SCHEDULE_SPECS, at_cycle_end, optimizer_spec, schedule_spec
+from schedules._checks import non_negative, positive, positive_int, require
 
 from .data import grouped, rng_state, seed_everything, set_rng_state, to_device
 from .tasks import Task
 
-OPTIMIZERS = ("adamw", "sgdw", "adam", "sgd")
-
 
 def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0,
                     momentum: float = 0.9, beta2: float = 0.999) -> torch.optim.Optimizer:
-    """adamw / sgdw decay decoupled; adam / sgd add weight_decay to the gradient as L2 (kept so
-    that the decoupled-vs-L2 claim can be measured)."""
-    one_of("optimizer", name, OPTIMIZERS)
+    """The optimizer `name` describes (schedules.OPTIMIZER_SPECS): adamw / sgdw decay decoupled;
+    adam / sgd add weight_decay to the gradient as L2."""
+    spec = optimizer_spec(name)
     positive("lr", lr)
     non_negative("weight_decay", weight_decay)
-    in_range("momentum", momentum, 0.0, 1.0, closed="[)")
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(momentum, beta2), weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(momentum, beta2), weight_decay=weight_decay)
-    if name == "sgdw":
-        return SGDW(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    MOMENTUM.check(momentum)
+    return spec.build(params, lr, weight_decay, momentum, beta2)
 
 
 def build_schedule(name: str, optimizer: torch.optim.Optimizer, total_steps: int, **p):
-    one_of("schedule", name, SCHEDULES)
-    if name == "one_cycle":
-        return one_cycle(optimizer, p["max_lr"], total_steps, **_pick(p, "pct_start", "div_factor",
-                         "final_div_factor", "base_momentum", "max_momentum"))
-    if name == "cyclic":
-        return cyclic(optimizer, p["base_lr"], p["max_lr"], p["step_size_up"],
-                      **_pick(p, "mode", "gamma"))
-    if name == "sgdr":
-        return sgdr(optimizer, p["T_0"], **_pick(p, "T_mult", "eta_min", "warmup_steps"))
-    return constant(optimizer)
-
-
-def _pick(p: dict, *keys: str) -> dict:
-    return {k: p[k] for k in keys if k in p}
+    """The schedule `name` describes (schedules.SCHEDULE_SPECS), from its own parameters in `p`
+    (the others are ignored: a workflow holds every schedule's keys)."""
+    spec = schedule_spec(name)
+    for param in spec.required:
+        require(p.get(param.name) is not None, param.name, f"(schedule {name} needs it)", None)
+    return spec.build(optimizer, total_steps, **{q.name: p[q.name] for q in spec.params if p.get(q.name) is not None})
 
 
 def build_optimizer_and_schedule(workflow: dict, params, total_steps: int):
@@ -158,9 +143,8 @@ def val_batch_size(task: Task, batch_size: int) -> int:
 # chance-level loss) has exploded: it is ended as diverged, like a NaN/inf loss.
 EXPLODE_FACTOR = 3.0
 
-SCHEDULE_PARAMS = ("max_lr", "base_lr", "step_size_up", "mode", "gamma", "T_0", "T_mult",
-                   "eta_min", "warmup_steps", "pct_start", "div_factor", "final_div_factor",
-                   "base_momentum", "max_momentum")
+# Every schedule's parameters (schedules.lr.PARAMS order): the workflow keys a schedule may read.
+SCHEDULE_PARAMS = tuple(n for n, p in PARAMS.items() if any(p in s.params for s in SCHEDULE_SPECS))
 
 # What defines a workflow (the rest of a trial's config is search bookkeeping): an exported
 # workflow.yaml holds these, and `lrtune train` re-runs it.
@@ -183,8 +167,9 @@ def workflow_of(config: dict) -> dict:
 
 
 def peak_lr(workflow: dict) -> float:
-    """A workflow's highest LR whatever its schedule: max_lr (1-cycle, CLR) or lr (constant, SGDR)."""
-    return workflow.get("max_lr") or workflow["lr"]
+    """A workflow's highest LR whatever its schedule: its description's `peak`, max_lr (1-cycle,
+    CLR) or lr (constant, SGDR)."""
+    return workflow[schedule_spec(workflow["schedule"]).peak]
 
 
 class Run:

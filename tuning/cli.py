@@ -14,6 +14,8 @@ import sys
 
 import torch
 
+from schedules import OPTIMIZER_SPECS, OPTIMIZERS
+
 EXIT_REFUSED, EXIT_USAGE = 1, 2
 
 
@@ -23,7 +25,7 @@ class UsageError(ValueError):
 
 def _range_test(args: argparse.Namespace) -> int:
     from trainables.tasks import load_task
-    from trainables.workflow import OPTIMIZERS, task_range_test
+    from trainables.workflow import task_range_test
 
     torch.set_num_threads(args.threads)
     task = load_task(args.task, args.data_dir)
@@ -257,7 +259,8 @@ def parser() -> argparse.ArgumentParser:
                     help="built-in task (mnist1d, digits, synthetic, cifar10) or package.module:function")
     rt.add_argument("--data-dir", default=None, help="folder of a task's local files (cifar10)")
     rt.add_argument("--model", default=None, help="a model the task offers (default: its first)")
-    rt.add_argument("--optimizer", default="adamw", help="adamw, sgdw, adam (L2), sgd (L2)")
+    rt.add_argument("--optimizer", default="adamw",
+                    help=", ".join(o.name + ("" if o.decoupled else " (L2)") for o in OPTIMIZER_SPECS))
     rt.add_argument("--weight-decay", type=float, default=0.0)
     rt.add_argument("--batch-size", type=int, default=100)
     rt.add_argument("--start-lr", type=float, default=1e-7)

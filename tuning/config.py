@@ -19,10 +19,11 @@ from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
                       model_validator)
 
-from trainables.workflow import OPTIMIZERS, SCHEDULES
+from schedules import MOMENTUM, OPTIMIZERS, PARAMS, SCHEDULES, Param, schedule_spec
+from trainables.workflow import SCHEDULE_PARAMS
 
 Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]
 Schedule = Literal[SCHEDULES]  # type: ignore[valid-type]
@@ -287,30 +288,31 @@ class Origin(_Strict):
     tracking_uri: str | None = None
 
 
-class WorkflowConfig(_Strict):
-    """One training workflow, as `lrtune export` writes it and `lrtune train` re-runs it."""
+class _Workflow(_Strict):
     task: str
     data_dir: str | None = None
     model: str | None = None  # None: the task's own loop builds its model
     optimizer: Optimizer
     lr: float | None = Field(None, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, **MOMENTUM.bounds())
     schedule: Schedule
-    max_lr: float | None = Field(None, gt=0)
-    base_lr: float | None = Field(None, gt=0)
-    step_size_up: int | None = Field(None, ge=1)
-    mode: Literal["triangular", "triangular2", "exp_range"] | None = None
-    gamma: float | None = Field(None, gt=0, le=1)
-    T_0: int | None = Field(None, ge=1)
-    T_mult: int | None = Field(None, ge=1)
-    eta_min: float | None = Field(None, ge=0)
-    warmup_steps: int | None = Field(None, ge=0)
-    pct_start: float | None = Field(None, gt=0, lt=1)
-    div_factor: float | None = Field(None, gt=0)
-    final_div_factor: float | None = Field(None, gt=0)
-    base_momentum: float | None = Field(None, ge=0, lt=1)
-    max_momentum: float | None = Field(None, ge=0, lt=1)
+
+
+def _field(param: Param):
+    """A schedule parameter as an optional field with its description's type and bounds or choices."""
+    kind = Literal[param.choices] if param.choices is not None else param.type  # type: ignore[valid-type]
+    return kind | None, Field(None, description=param.help, **param.bounds())
+
+
+# The schedules' parameters, from their descriptions, between the optimizer's keys and the rest.
+_WorkflowSchedule = create_model("_WorkflowSchedule", __base__=_Workflow,
+                                 **{name: _field(PARAMS[name]) for name in SCHEDULE_PARAMS})
+
+
+class WorkflowConfig(_WorkflowSchedule):
+    """One training workflow, as `lrtune export` writes it and `lrtune train` re-runs it: the
+    optimizer's keys, every schedule's parameters (schedules.lr.PARAMS), then these."""
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     accumulate: int = Field(1, ge=1)
@@ -324,8 +326,7 @@ class WorkflowConfig(_Strict):
 
     @model_validator(mode="after")
     def _schedule_needs(self):
-        needs = {"one_cycle": ("max_lr",), "cyclic": ("base_lr", "max_lr", "step_size_up"),
-                 "sgdr": ("lr", "T_0"), "constant": ("lr",)}[self.schedule]
+        needs = schedule_spec(self.schedule).needs
         missing = [k for k in needs if getattr(self, k) is None]
         if missing:
             raise ValueError(f"schedule {self.schedule} needs {', '.join(needs)}; missing: {', '.join(missing)}")

@@ -2,16 +2,17 @@
 study are drawn in tuning/plots.py).
 
 `space` reads like an optuna-examples objective: each value is suggested where it is used,
-conditional parameters are plain `if`s, one function per schedule. An optimizer with a range-test
-seed (tuning/seeding.py) gets the seeded space: its LR is searched as `lr_shift`, decades from the
-range test's suggestion, within the band the curve supports (`OptimizerSeed.shifts`), and its
-weight decay as `decay_shift`, at most ±half a decade around the chosen decay's λ_norm (the same
-Optuna parameters for every optimizer, so TPE learns how far from the range test the best runs
-lie); the absolute values (`lr`, `max_lr`, `weight_decay`, `lambda_norm`) go into the trial's
-config. `Bands` extends an LR band while the search runs when its best trial sits at an edge.
-Without a seed (blind mode, `search.seeded: false`) LR and decay are searched directly over the
-wide ranges. The warm start (`start_points`) runs the suggestions themselves and a point in the
-larger side of each band before the sampler takes over.
+conditional parameters are plain `if`s, one function per schedule, registered by name with its
+warm-start values (`@searched`); every schedule in schedules.SCHEDULES must have one (checked at
+import). An optimizer with a range-test seed (tuning/seeding.py) gets the seeded space: its LR is
+searched as `lr_shift`, decades from the range test's suggestion, within the band the curve supports
+(`OptimizerSeed.shifts`), and its weight decay as `decay_shift`, at most ±half a decade around the
+chosen decay's λ_norm (the same Optuna parameters for every optimizer, so TPE learns how far from
+the range test the best runs lie); the absolute values (`lr`, `max_lr`, `weight_decay`,
+`lambda_norm`) go into the trial's config. `Bands` extends an LR band while the search runs when its
+best trial sits at an edge. Without a seed (blind mode, `search.seeded: false`) LR and decay are
+searched directly over the wide ranges. The warm start (`start_points`) runs the suggestions
+themselves and a point in the larger side of each band before the sampler takes over.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from schedules import sgdr_plans
+from schedules import SCHEDULES, sgdr_plans
 from trainables.workflow import peak_lr
 
 from .config import SweepConfig
@@ -38,8 +39,7 @@ DECAY_SHIFT = (-0.5, 0.5)  # decades around the chosen decay's λ_norm: a one-de
 # Momentum (SGD) or beta1 (Adam family): Smith's 1-cycle range 0.95 -> 0.85, else about 0.9.
 MOMENTUM = (0.85, 0.95)
 MAX_MOMENTUM, BASE_MOMENTUM = (0.9, 0.99), (0.8, 0.9)
-START = dict(lr_shift=0.0, decay_shift=0.0, momentum=0.9, max_momentum=0.95, base_momentum=0.85,
-             base_div=4.0, mode="triangular2", eta_min_ratio=0.01)
+START_MOMENTUM = 0.9  # the warm start's momentum (or beta1) for a schedule that does not cycle it
 
 
 def _sgdr_plans(epochs: int, steps_per_epoch: int) -> dict[str, dict]:
@@ -190,12 +190,35 @@ def _decay(trial, seed: OptimizerSeed | None, decay_scale: float | None = None) 
     return dict(weight_decay=lam * seed.decay_scale, lambda_norm=lam)
 
 
+# schedule -> its search space: (trial, cfg, seed, steps_per_epoch, band) -> the trial's values
+SPACES: dict = {}
+# schedule -> its warm-start values of the space's own parameters: (cfg, micro_batches) -> dict
+STARTS: dict = {}
+
+
+def searched(schedule: str, start):
+    """Registers the decorated function as `schedule`'s search space, and `start(cfg,
+    micro_batches)` as the values of its own Optuna parameters in the warm start."""
+    def register(space):
+        SPACES[schedule], STARTS[schedule] = space, start
+        return space
+    return register
+
+
+@searched("one_cycle", start=lambda cfg, micro_batches: dict(max_momentum=0.95, base_momentum=0.85))
 def _one_cycle(trial, cfg, seed, steps_per_epoch, band=None) -> dict:
     return dict(max_lr=_lr(trial, seed, "max_lr", lambda s: s.max_lr, band),
                 max_momentum=trial.suggest_float("max_momentum", *MAX_MOMENTUM),
                 base_momentum=trial.suggest_float("base_momentum", *BASE_MOMENTUM))
 
 
+def _cyclic_start(cfg, micro_batches) -> dict:
+    """Half-cycles of a quarter of the budget (within the searched range)."""
+    lo, hi = _epochs_up(cfg)
+    return dict(base_div=4.0, mode="triangular2", momentum=START_MOMENTUM, epochs_up=max(lo, min(hi, cfg.epochs // 4)))
+
+
+@searched("cyclic", start=_cyclic_start)
 def _cyclic(trial, cfg, seed, steps_per_epoch, band=None) -> dict:
     max_lr = _lr(trial, seed, "max_lr", lambda s: s.max_lr, band)
     base_div = trial.suggest_float("base_div", 3.0, 10.0)  # Smith: base_lr = max_lr/10 .. max_lr/3
@@ -205,6 +228,12 @@ def _cyclic(trial, cfg, seed, steps_per_epoch, band=None) -> dict:
                 momentum=trial.suggest_float("momentum", *MOMENTUM))
 
 
+def _sgdr_start(cfg, micro_batches) -> dict:
+    """The plan with the shortest first cycle (labels in epochs: the same for any accumulate)."""
+    return dict(eta_min_ratio=0.01, momentum=START_MOMENTUM, sgdr_plan=list(_sgdr_plans(cfg.epochs, micro_batches))[-1])
+
+
+@searched("sgdr", start=_sgdr_start)
 def _sgdr(trial, cfg, seed, steps_per_epoch, band=None) -> dict:
     lr = _lr(trial, seed, "lr", lambda s: s.sgdr_peak, band)
     plans = _sgdr_plans(cfg.epochs, steps_per_epoch)
@@ -213,12 +242,21 @@ def _sgdr(trial, cfg, seed, steps_per_epoch, band=None) -> dict:
     return dict(lr=lr, eta_min=lr * ratio, **plan, momentum=trial.suggest_float("momentum", *MOMENTUM))
 
 
+@searched("constant", start=lambda cfg, micro_batches: dict(momentum=START_MOMENTUM))
 def _constant(trial, cfg, seed, steps_per_epoch, band=None) -> dict:
     return dict(lr=_lr(trial, seed, "lr", lambda s: s.lr, band),
                 momentum=trial.suggest_float("momentum", *MOMENTUM))
 
 
-SPACES = dict(one_cycle=_one_cycle, cyclic=_cyclic, sgdr=_sgdr, constant=_constant)
+def check_spaces(schedules: tuple[str, ...] = SCHEDULES) -> None:
+    """Every schedule has a search space: else a RuntimeError naming those without one."""
+    missing = [s for s in schedules if s not in SPACES]
+    if missing:
+        raise RuntimeError(f"schedule(s) {', '.join(missing)} have no search space: register one with "
+                           f"@searched(name, start=...) in tuning/search.py")
+
+
+check_spaces()
 
 
 def _fixed_or_searched(trial, name: str, value):
@@ -244,7 +282,7 @@ def space(trial: optuna.Trial, cfg: SweepConfig, micro_batches: int, constants: 
     decay = _decay(trial, seed, decay_scale)
     params = SPACES[schedule](trial, cfg, seed, steps_per_epoch, band)
     return dict(constants, accumulate=accumulate, grad_clip=grad_clip, steps_per_epoch=steps_per_epoch,
-                peak_lr=peak_lr(params), **decay, **params)
+                peak_lr=peak_lr(dict(params, schedule=schedule)), **decay, **params)
 
 
 
@@ -257,20 +295,13 @@ def start_points(cfg: SweepConfig, micro_batches: int,
     normalisation layers; below it for SGD, whose suggestion sits near the divergence edge), then
     every other schedule at the suggestion. An optimizer without a seed (blind mode) gets none:
     the blind search starts where its sampler does."""
-    epochs_up = max(_epochs_up(cfg)[0], min(_epochs_up(cfg)[1], cfg.epochs // 4))
-    plans = list(_sgdr_plans(cfg.epochs, micro_batches))  # labels in epochs: the same for any accumulate
     seeded = [(o, seeds[o]) for o in cfg.optimizers if o in (seeds or {})]
 
     def point(optimizer, seed, schedule, shift=0.0):
-        p = dict(optimizer=optimizer, schedule=schedule, **_relevant(schedule))
-        p["lr_shift"] = round(shift, 3)
-        if seed.lambda_band is None:
-            p.pop("decay_shift")
-        if schedule == "cyclic":
-            p["epochs_up"] = epochs_up
-        if schedule == "sgdr":
-            p["sgdr_plan"] = plans[-1]
-        return p
+        p = dict(optimizer=optimizer, schedule=schedule, lr_shift=round(shift, 3))
+        if seed.lambda_band is not None:
+            p["decay_shift"] = 0.0
+        return dict(p, **STARTS[schedule](cfg, micro_batches))
 
     first, *others = cfg.schedules
     rounds = [[point(o, s, first) for o, s in seeded],
@@ -283,12 +314,6 @@ def _larger_side(seed: OptimizerSeed) -> float:
     """The end of the band's larger side, in decades from the suggestion (a tie goes up)."""
     lo, hi = seed.shifts
     return hi if hi >= -lo else lo
-
-
-def _relevant(schedule: str) -> dict:
-    keys = {"one_cycle": ("max_momentum", "base_momentum"), "cyclic": ("base_div", "mode", "momentum"),
-            "sgdr": ("eta_min_ratio", "momentum"), "constant": ("momentum",)}[schedule]
-    return {k: START[k] for k in keys + ("lr_shift", "decay_shift")}
 
 
 class _FinalValueSearch(OptunaSearch):

@@ -32,6 +32,8 @@ from collections import defaultdict
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from schedules import schedule_spec
+
 from .stores import write_atomically
 
 ONE_CYCLE_FRACTIONS = (0.5, 0.75)  # of a 1-cycle trial's budget: where it is compared
@@ -48,7 +50,8 @@ class ScheduleFairStopping(FIFOScheduler):
                              f"> 1 (got {reduction_factor})")
         self._metric, self._mode = metric, mode
         self.grace_period, self.reduction_factor, self.max_epochs = grace_period, reduction_factor, max_epochs
-        # (kind, fraction of the budget) -> trial id -> value; kind "one_cycle" or "at_minimum"
+        # (kind, fraction of the budget) -> trial id -> value; kind: a schedule compared at fractions
+        # of its budget ("one_cycle"), or "at_minimum"
         self.rungs: dict[tuple[str, float], dict[str, float]] = defaultdict(dict)
         self.stopped: list[str] = []
 
@@ -65,29 +68,33 @@ class ScheduleFairStopping(FIFOScheduler):
         return out
 
     def fair(self, config: dict, result: dict) -> bool:
-        """Whether this result is a point where the trial may be compared."""
+        """Whether this result is a point where the trial may be compared (its schedule's
+        description says how: `compare`)."""
         epoch = int(result.get("epoch", 0))
         if epoch < self.grace_period or (self.max_epochs and epoch >= self.max_epochs):
             return False
-        if config.get("schedule") == "one_cycle":
+        compare = schedule_spec(config.get("schedule")).compare
+        if compare == "budget_fractions":
             budget = config.get("epochs") or self.max_epochs
             return bool(budget) and epoch in {max(1, round(f * budget)) for f in ONE_CYCLE_FRACTIONS}
-        if config.get("schedule") == "constant":
+        if compare == "milestones":
             return epoch in self.milestones()
         return bool(result.get("cycle_end"))
 
     def comparable(self, config: dict, result: dict) -> bool:
         """Whether this result is recorded for others to be compared with: every fair point, and
-        every epoch of a constant-LR trial (its LR is always at its minimum)."""
+        every epoch of a trial compared at milestones (a constant LR is always at its minimum)."""
         epoch = int(result.get("epoch", 0))
-        if config.get("schedule") == "constant":
+        if schedule_spec(config.get("schedule")).compare == "milestones":
             return epoch >= 1 and not (self.max_epochs and epoch >= self.max_epochs)
         return self.fair(config, result)
 
     def rung(self, config: dict, result: dict) -> tuple[str, float]:
-        """Where a fair result is recorded and compared: 1-cycle trials among themselves at the
-        same fraction of their budget; the others together (their LR is at a minimum)."""
-        kind = "one_cycle" if config.get("schedule") == "one_cycle" else "at_minimum"
+        """Where a fair result is recorded and compared: a schedule compared at fractions of its
+        budget (1-cycle) among its own kind at the same fraction; the others together (their LR is
+        at a minimum)."""
+        schedule = config.get("schedule")
+        kind = schedule if schedule_spec(schedule).compare == "budget_fractions" else "at_minimum"
         return kind, round(int(result["epoch"]) / (config.get("epochs") or self.max_epochs or 1), 6)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:

@@ -32,6 +32,7 @@ import torch
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+from schedules import schedule_spec
 from trainables.loops import form, micro_batches
 from trainables.tasks import load_task
 from trainables.trainable import storage_full, train
@@ -126,9 +127,13 @@ def prepare(cfg: SweepConfig) -> TaskInfo:
             raise ConfigError(f"accumulate: {a} micro-batches per optimizer step, but an epoch has {micro} "
                               f"batches of batch_size={cfg.batch_size}")
         total = cfg.epochs * (micro // a)
-        if "one_cycle" in cfg.schedules and 0.25 * total <= 1:
-            raise ConfigError(f"epochs: one_cycle needs more than 4 steps in all (its warm-up is a quarter "
-                              f"of them); epochs={cfg.epochs} x {micro // a} steps gives {total}")
+        for schedule in cfg.schedules:
+            spec = schedule_spec(schedule)
+            fewest = spec.min_steps({})  # at the builder's defaults: the searches keep them
+            if total < fewest:
+                why = f" ({spec.min_steps_reason})" if spec.min_steps_reason else ""
+                raise ConfigError(f"epochs: {schedule} needs more than {fewest - 1} steps in all{why}; "
+                                  f"epochs={cfg.epochs} x {micro // a} steps gives {total}")
     return TaskInfo(model, task.metric_name, task.mode, loop, micro, examples, has_range_test,
                     _state_bytes(task, model) * cfg.seeds)
 
