@@ -128,12 +128,12 @@ def micro_batches(task: Task, model_name: str | None, batch_size: int) -> tuple[
 def run_loop(task: Task, workflow: dict, report: Report) -> nn.Module | None:
     """Train one workflow with the task's loop, reporting each epoch through `report`; returns at
     the end (or when the loop stops itself: a diverged row, a stopped trial) the trained model: the
-    first seed's with `seeds` > 1, a LightningModule for Lightning (None when it diverged: the
+    first copy's with `replicas` > 1, a LightningModule for Lightning (None when it diverged: the
     Trainer unwinds), None for a `train_fn` (its model is its own)."""
     loop = form(task, workflow.get("model"))
-    seeds = int(workflow.get("seeds", 1))
-    if loop != "lrtune" and seeds > 1:
-        raise ValueError(f"seeds: {seeds} copies in lockstep need lrtune's own loop; task {task.name!r} "
+    replicas = int(workflow.get("replicas", 1))
+    if loop != "lrtune" and replicas > 1:
+        raise ValueError(f"replicas: {replicas} copies in lockstep need lrtune's own loop; task {task.name!r} "
                          f"brings its own ({loop})")
     model = None
     try:
@@ -145,7 +145,7 @@ def run_loop(task: Task, workflow: dict, report: Report) -> nn.Module | None:
 
             model = fit(task, workflow, report)
         else:
-            run = Replicas(task, workflow, report.device, seeds)
+            run = Replicas(task, workflow, report.device, replicas)
             model = run.runs[0].model
             if report.restored is not None:
                 run.load_state_dict(report.restored)
@@ -167,7 +167,7 @@ def model_from_checkpoint(task: Task, workflow: dict, checkpoint: dict) -> nn.Mo
     if loop == "lightning":
         weights = torch.load(io.BytesIO(state["lightning"]), map_location="cpu", weights_only=False)["state_dict"]
     else:
-        weights = state["replicas"][0]["model"]  # Replicas.state_dict: the first seed's, as run_loop returns
+        weights = state["replicas"][0]["model"]  # Replicas.state_dict: the first copy's, as run_loop returns
     model.load_state_dict(weights)
     return model.cpu()
 

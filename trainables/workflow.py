@@ -150,7 +150,7 @@ SCHEDULE_PARAMS = tuple(n for n, p in PARAMS.items() if any(p in s.params for s 
 # workflow.yaml holds these, and `lrtune train` re-runs it.
 WORKFLOW_KEYS = ("task", "data_dir", "model", "optimizer", "lr", "weight_decay", "decay_norm_and_bias",
                  "momentum", "schedule", *SCHEDULE_PARAMS, "epochs", "batch_size", "accumulate", "grad_clip",
-                 "seed", "seeds", "threads", "amp")
+                 "seed", "replicas", "threads", "amp")
 
 
 def epoch_ends_cycle(workflow: dict, epoch: int, steps_per_epoch: int) -> bool:
@@ -245,14 +245,15 @@ class Run:
 
 
 class Replicas:
-    """`seeds` copies of one workflow (seeds seed, seed+1, ...) trained in lockstep, so that a trial
+    """`replicas` copies of one workflow (RNG seeds seed, seed+1, ...) trained in lockstep, so that a trial
     reports a mean and its spread: each epoch row holds the means of the losses and the metric,
-    `<metric>_std` (sample std over seeds) and `<metric>_seeds`; diverged if any copy diverged."""
+    `<metric>_std` (sample std over the copies) and `<metric>_replicas` (each copy's); diverged if any
+    copy diverged."""
 
-    def __init__(self, task: Task, workflow: dict, device: torch.device | str = "cpu", seeds: int = 1):
-        positive("seeds", seeds)
+    def __init__(self, task: Task, workflow: dict, device: torch.device | str = "cpu", replicas: int = 1):
+        positive("replicas", replicas)
         first = int(workflow.get("seed", 0))
-        self.runs = [Run(task, dict(workflow, seed=first + i), device) for i in range(int(seeds))]
+        self.runs = [Run(task, dict(workflow, seed=first + i), device) for i in range(int(replicas))]
         self.metric_name = task.metric_name
 
     def train_epoch(self) -> dict:
@@ -263,7 +264,7 @@ class Replicas:
         for k in ("train_loss", "val_loss", m):
             out[k] = statistics.fmean(r[k] for r in rows)
         out[f"{m}_std"] = statistics.stdev(r[m] for r in rows)
-        out[f"{m}_seeds"] = [r[m] for r in rows]
+        out[f"{m}_replicas"] = [r[m] for r in rows]
         out["epoch_time"] = sum(r["epoch_time"] for r in rows)
         out["diverged"] = any(r["diverged"] for r in rows)
         return out

@@ -232,7 +232,7 @@ class SweepConfig(_Strict):
     keep_checkpoints: int = Field(4, ge=1)
     threads_per_trial: int = Field(1, ge=1)
     seed: Seed = 0
-    seeds: int = Field(1, ge=1)  # each trial trains this many seeds in lockstep: mean ± std
+    replicas: int = Field(1, ge=1)  # copies of each trial's workflow (RNG seeds seed, seed+1, ...) in lockstep: mean ± std
     # Step features (workflow keys): a value is fixed for every trial, a list is searched (categorical).
     accumulate: int | list[int] = Field(1)  # micro-batches per optimizer step
     grad_clip: float | list[float] | None = None  # max gradient norm; None: no clipping
@@ -319,7 +319,7 @@ class WorkflowConfig(_WorkflowSchedule):
     grad_clip: float | None = Field(None, gt=0)
     decay_norm_and_bias: bool = False
     seed: Seed = 0
-    seeds: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1)
     threads: int = Field(1, ge=1)
     amp: bool | None = None
     origin: Origin | None = None  # not part of the workflow: where it was exported from
@@ -365,10 +365,19 @@ def _key(loc: tuple, model: type[BaseModel]) -> str:
     return cut(".".join(parts)) or "(top level)"
 
 
+# Keys of earlier versions (dotted, as in a sweep config or an exported workflow) -> the key that
+# took their meaning: refused naming it, so that an old config never silently loses a setting.
+RENAMED_KEYS = {"seeds": ("replicas", "copies of each workflow trained in lockstep")}  # seed: RNG seeds only
+
+
 def _describe(err: dict, model: type[BaseModel] = SweepConfig, listed: set | None = None) -> str:
     """One error as 'key: rule (got value)'; `listed`: the sections whose allowed keys were listed
     already (by an earlier unknown key of the same message)."""
     key = _key(err["loc"], model)
+    dotted = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "extra_forbidden" and dotted in RENAMED_KEYS:
+        new, meaning = RENAMED_KEYS[dotted]
+        return f"{key}: renamed; write {new}: {_quote(err['input'])} instead ({meaning})"
     if err["type"] == "extra_forbidden":
         section = tuple(err["loc"][:-1])
         allowed = "as above" if listed is not None and section in listed else ", ".join(_allowed(err["loc"], model))

@@ -4,13 +4,13 @@ study are drawn in tuning/plots.py).
 `space` reads like an optuna-examples objective: each value is suggested where it is used,
 conditional parameters are plain `if`s, one function per schedule, registered by name with its
 warm-start values (`@searched`); every schedule in schedules.SCHEDULES must have one (checked at
-import). An optimizer with a range-test seed (tuning/seeding.py) gets the seeded space: its LR is
+import). An optimizer with a range-test prior (tuning/seeding.py) gets the seeded space: its LR is
 searched as `lr_shift`, decades from the range test's suggestion, within the band the curve supports
-(`OptimizerSeed.shifts`), and its weight decay as `decay_shift`, at most ±half a decade around the
+(`OptimizerPrior.shifts`), and its weight decay as `decay_shift`, at most ±half a decade around the
 chosen decay's λ_norm (the same Optuna parameters for every optimizer, so TPE learns how far from
 the range test the best runs lie); the absolute values (`lr`, `max_lr`, `weight_decay`,
 `lambda_norm`) go into the trial's config. `Bands` extends an LR band while the search runs when its
-best trial sits at an edge. Without a seed (blind mode, `search.seeded: false`) LR and decay are
+best trial sits at an edge. Without a prior (blind mode, `search.seeded: false`) LR and decay are
 searched directly over the wide ranges. The warm start (`start_points`) runs the suggestions
 themselves and a point in the larger side of each band before the sampler takes over.
 """
@@ -30,7 +30,7 @@ from schedules import SCHEDULES, sgdr_plans
 from trainables.workflow import peak_lr
 
 from .config import SweepConfig
-from .seeding import BLIND_LR, OptimizerSeed
+from .seeding import BLIND_LR, OptimizerPrior
 
 # The wide, blind ranges (no range test): LR 1e-5..1, weight decay 1e-6..1e-1.
 LR_RANGE = BLIND_LR
@@ -60,7 +60,7 @@ def _epochs_up(cfg: SweepConfig) -> tuple[int, int]:
 
 class Bands:
     """The seeded LR bands as the search moves them: `lr_shift` ranges in decades from each
-    optimizer's suggested max_lr, starting at `OptimizerSeed.shifts`.
+    optimizer's suggested max_lr, starting at `OptimizerPrior.shifts`.
 
     When an optimizer's best completed trial so far (of at least MIN_TRIALS) lies in the outer
     EDGE fraction of its band, the band extends by STEP decades on that side (never past the blind
@@ -71,23 +71,23 @@ class Bands:
 
     EDGE, STEP, MIN_TRIALS = 0.15, 0.5, 4
 
-    def __init__(self, seeds: dict[str, OptimizerSeed], notify=None):
-        self.seeds, self.notify = seeds, notify
+    def __init__(self, priors: dict[str, OptimizerPrior], notify=None):
+        self.priors, self.notify = priors, notify
 
     def __getstate__(self):  # Tune pickles the searcher (and this) with its state; the hook stays
         return dict(self.__dict__, notify=None)
 
     def limits(self, optimizer: str) -> tuple[float, float]:
         """The shifts the blind range allows."""
-        m = self.seeds[optimizer].max_lr
+        m = self.priors[optimizer].max_lr
         return math.log10(LR_RANGE[0] / m), math.log10(LR_RANGE[1] / m)
 
     def get(self, study: optuna.Study | None, optimizer: str) -> tuple[float, float]:
-        seed = self.seeds[optimizer]
+        prior = self.priors[optimizer]
         if study is None:  # a FixedTrial (tests, re-running one config): the range test's band
-            return seed.shifts
+            return prior.shifts
         key = f"lrtune.band.{optimizer}"
-        lo, hi = study.user_attrs.get(key, seed.shifts)
+        lo, hi = study.user_attrs.get(key, prior.shifts)
         done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                 if t.params.get("optimizer") == optimizer and "lr_shift" in t.params
                 and t.values and math.isfinite(t.values[0])]
@@ -101,7 +101,7 @@ class Bands:
         if side is None:
             return lo, hi
         new = (lo, min(hi + self.STEP, ceiling)) if side == "up" else (max(lo - self.STEP, floor), hi)
-        m = seed.max_lr
+        m = prior.max_lr
         event = dict(optimizer=optimizer, side=side, trial=best.number, value=best.values[0],
                      max_lr_band=[m * 10 ** new[0], m * 10 ** new[1]], was=[m * 10 ** lo, m * 10 ** hi])
         events = study.user_attrs.get("lrtune.band_extensions", []) + [event]
@@ -170,27 +170,27 @@ def describe_extension(e: dict) -> str:
             f"extended {e['side']} to {e['max_lr_band'][0]:.3g}..{e['max_lr_band'][1]:.3g} (max_lr)")
 
 
-def _lr(trial, seed: OptimizerSeed | None, name: str, centre, band: tuple[float, float] | None = None) -> float:
+def _lr(trial, prior: OptimizerPrior | None, name: str, centre, band: tuple[float, float] | None = None) -> float:
     """`name` ("lr" or "max_lr"): blind, log-uniform over LR_RANGE; seeded, the centre shifted
     within the band (decades)."""
-    if seed is None:
+    if prior is None:
         return trial.suggest_float(name, *LR_RANGE, log=True)
-    return centre(seed) * 10 ** trial.suggest_float("lr_shift", *(band or seed.shifts))
+    return centre(prior) * 10 ** trial.suggest_float("lr_shift", *(band or prior.shifts))
 
 
-def _decay(trial, seed: OptimizerSeed | None, decay_scale: float | None = None) -> dict:
+def _decay(trial, prior: OptimizerPrior | None, decay_scale: float | None = None) -> dict:
     """The absolute weight decay and its normalized λ_norm (weight_decay = λ_norm · decay_scale)."""
-    if seed is None:
+    if prior is None:
         wd = trial.suggest_float("weight_decay", *DECAY_RANGE, log=True)
         return dict(weight_decay=wd, **({"lambda_norm": wd / decay_scale} if decay_scale else {}))
-    if seed.lambda_band is None:
+    if prior.lambda_band is None:
         return dict(weight_decay=0.0, lambda_norm=0.0)
-    lo, hi = seed.lambda_band
+    lo, hi = prior.lambda_band
     lam = (lo * hi) ** 0.5 * 10 ** trial.suggest_float("decay_shift", *DECAY_SHIFT)
-    return dict(weight_decay=lam * seed.decay_scale, lambda_norm=lam)
+    return dict(weight_decay=lam * prior.decay_scale, lambda_norm=lam)
 
 
-# schedule -> its search space: (trial, cfg, seed, steps_per_epoch, band) -> the trial's values
+# schedule -> its search space: (trial, cfg, prior, steps_per_epoch, band) -> the trial's values
 SPACES: dict = {}
 # schedule -> its warm-start values of the space's own parameters: (cfg, micro_batches) -> dict
 STARTS: dict = {}
@@ -206,8 +206,8 @@ def searched(schedule: str, start):
 
 
 @searched("one_cycle", start=lambda cfg, micro_batches: dict(max_momentum=0.95, base_momentum=0.85))
-def _one_cycle(trial, cfg, seed, steps_per_epoch, band=None) -> dict:
-    return dict(max_lr=_lr(trial, seed, "max_lr", lambda s: s.max_lr, band),
+def _one_cycle(trial, cfg, prior, steps_per_epoch, band=None) -> dict:
+    return dict(max_lr=_lr(trial, prior, "max_lr", lambda s: s.max_lr, band),
                 max_momentum=trial.suggest_float("max_momentum", *MAX_MOMENTUM),
                 base_momentum=trial.suggest_float("base_momentum", *BASE_MOMENTUM))
 
@@ -219,8 +219,8 @@ def _cyclic_start(cfg, micro_batches) -> dict:
 
 
 @searched("cyclic", start=_cyclic_start)
-def _cyclic(trial, cfg, seed, steps_per_epoch, band=None) -> dict:
-    max_lr = _lr(trial, seed, "max_lr", lambda s: s.max_lr, band)
+def _cyclic(trial, cfg, prior, steps_per_epoch, band=None) -> dict:
+    max_lr = _lr(trial, prior, "max_lr", lambda s: s.max_lr, band)
     base_div = trial.suggest_float("base_div", 3.0, 10.0)  # Smith: base_lr = max_lr/10 .. max_lr/3
     epochs_up = trial.suggest_int("epochs_up", *_epochs_up(cfg))
     trial.suggest_categorical("mode", ["triangular", "triangular2"])
@@ -234,8 +234,8 @@ def _sgdr_start(cfg, micro_batches) -> dict:
 
 
 @searched("sgdr", start=_sgdr_start)
-def _sgdr(trial, cfg, seed, steps_per_epoch, band=None) -> dict:
-    lr = _lr(trial, seed, "lr", lambda s: s.sgdr_peak, band)
+def _sgdr(trial, cfg, prior, steps_per_epoch, band=None) -> dict:
+    lr = _lr(trial, prior, "lr", lambda s: s.sgdr_peak, band)
     plans = _sgdr_plans(cfg.epochs, steps_per_epoch)
     plan = plans[trial.suggest_categorical("sgdr_plan", sorted(plans))]
     ratio = trial.suggest_float("eta_min_ratio", 1e-3, 1e-1, log=True)
@@ -243,8 +243,8 @@ def _sgdr(trial, cfg, seed, steps_per_epoch, band=None) -> dict:
 
 
 @searched("constant", start=lambda cfg, micro_batches: dict(momentum=START_MOMENTUM))
-def _constant(trial, cfg, seed, steps_per_epoch, band=None) -> dict:
-    return dict(lr=_lr(trial, seed, "lr", lambda s: s.lr, band),
+def _constant(trial, cfg, prior, steps_per_epoch, band=None) -> dict:
+    return dict(lr=_lr(trial, prior, "lr", lambda s: s.lr, band),
                 momentum=trial.suggest_float("momentum", *MOMENTUM))
 
 
@@ -265,10 +265,10 @@ def _fixed_or_searched(trial, name: str, value):
 
 
 def space(trial: optuna.Trial, cfg: SweepConfig, micro_batches: int, constants: dict,
-          seeds: dict[str, OptimizerSeed] | None = None, bands: Bands | None = None,
+          priors: dict[str, OptimizerPrior] | None = None, bands: Bands | None = None,
           decay_scale: float | None = None) -> dict:
     """One trial's config. micro_batches: batches per epoch; an optimizer step takes `accumulate`.
-    bands: the LR bands as the search has moved them (default: the seeds' own). decay_scale:
+    bands: the LR bands as the search has moved them (default: the priors' own). decay_scale:
     sqrt(b / (B·T)), so that a blind trial's λ_norm is recorded beside its weight decay. Every
     trial also gets `peak_lr`, its schedule's highest LR (max_lr or lr), the one LR that compares
     across schedules (the MLflow column, the progress table)."""
@@ -277,29 +277,29 @@ def space(trial: optuna.Trial, cfg: SweepConfig, micro_batches: int, constants: 
     accumulate = _fixed_or_searched(trial, "accumulate", cfg.accumulate)
     grad_clip = _fixed_or_searched(trial, "grad_clip", cfg.grad_clip)
     steps_per_epoch = micro_batches // accumulate
-    seed = (seeds or {}).get(optimizer)
-    band = bands.get(getattr(trial, "study", None), optimizer) if bands is not None and seed is not None else None
-    decay = _decay(trial, seed, decay_scale)
-    params = SPACES[schedule](trial, cfg, seed, steps_per_epoch, band)
+    prior = (priors or {}).get(optimizer)
+    band = bands.get(getattr(trial, "study", None), optimizer) if bands is not None and prior is not None else None
+    decay = _decay(trial, prior, decay_scale)
+    params = SPACES[schedule](trial, cfg, prior, steps_per_epoch, band)
     return dict(constants, accumulate=accumulate, grad_clip=grad_clip, steps_per_epoch=steps_per_epoch,
                 peak_lr=peak_lr(dict(params, schedule=schedule)), **decay, **params)
 
 
 
 def start_points(cfg: SweepConfig, micro_batches: int,
-                 seeds: dict[str, OptimizerSeed] | None = None) -> list[dict]:
+                 priors: dict[str, OptimizerPrior] | None = None) -> list[dict]:
     """The warm start, round by round across the seeded optimizers (so that a short sweep tries
     every optimizer): the first schedule (1-cycle by default) at the range test's suggestion, then
     at the middle of the band's larger side (above the suggestion for AdamW, whose band reaches
     RULE_ERROR up, where the optimum lies when the rule suggests too low, as for models without
     normalisation layers; below it for SGD, whose suggestion sits near the divergence edge), then
-    every other schedule at the suggestion. An optimizer without a seed (blind mode) gets none:
+    every other schedule at the suggestion. An optimizer without a prior (blind mode) gets none:
     the blind search starts where its sampler does."""
-    seeded = [(o, seeds[o]) for o in cfg.optimizers if o in (seeds or {})]
+    seeded = [(o, priors[o]) for o in cfg.optimizers if o in (priors or {})]
 
-    def point(optimizer, seed, schedule, shift=0.0):
+    def point(optimizer, prior, schedule, shift=0.0):
         p = dict(optimizer=optimizer, schedule=schedule, lr_shift=round(shift, 3))
-        if seed.lambda_band is not None:
+        if prior.lambda_band is not None:
             p["decay_shift"] = 0.0
         return dict(p, **STARTS[schedule](cfg, micro_batches))
 
@@ -310,9 +310,9 @@ def start_points(cfg: SweepConfig, micro_batches: int,
     return [p for r in rounds for p in r]
 
 
-def _larger_side(seed: OptimizerSeed) -> float:
+def _larger_side(prior: OptimizerPrior) -> float:
     """The end of the band's larger side, in decades from the suggestion (a tie goes up)."""
-    lo, hi = seed.shifts
+    lo, hi = prior.shifts
     return hi if hi >= -lo else lo
 
 
@@ -390,7 +390,7 @@ def objectives(cfg: SweepConfig, metric: str, mode: str = "max") -> tuple[list[s
 
 
 def searcher(cfg: SweepConfig, metric: str, mode: str, study_name: str, micro_batches: int,
-             constants: dict, seeds: dict[str, OptimizerSeed] | None = None, notify=None,
+             constants: dict, priors: dict[str, OptimizerPrior] | None = None, notify=None,
              decay_scale: float | None = None, run_id_of=None) -> OptunaSearch:
     """notify(extensions): called when the search extends an LR band (`Bands`). decay_scale: see
     `space`. run_id_of(Tune trial id): the trial's MLflow run id, for the Optuna trial's attributes."""
@@ -400,11 +400,11 @@ def searcher(cfg: SweepConfig, metric: str, mode: str, study_name: str, micro_ba
     metrics, modes = objectives(cfg, metric, mode)
     return _FinalValueSearch(
         space=functools.partial(space, cfg=cfg, micro_batches=micro_batches, constants=constants,
-                                seeds=seeds, bands=Bands(seeds, notify) if seeds else None,
+                                priors=priors, bands=Bands(priors, notify) if priors else None,
                                 decay_scale=decay_scale),
         metric=metrics if len(metrics) > 1 else metrics[0], mode=modes if len(modes) > 1 else modes[0],
         sampler=sampler, storage=storage, study_name=study_name, run_id_of=run_id_of,
-        points_to_evaluate=_warm_start(cfg, start_points(cfg, micro_batches, seeds)))
+        points_to_evaluate=_warm_start(cfg, start_points(cfg, micro_batches, priors)))
 
 
 def _warm_start(cfg: SweepConfig, points: list[dict]) -> list[dict]:

@@ -2,8 +2,8 @@
 
 Before the trials, one range test per (optimizer, weight decay) runs as a Ray task with the trials'
 resources, so that on a cluster they spread over the nodes. Their results become one
-`OptimizerSeed` per optimizer: the LR band the search explores and the normalized weight decay
-around the decay whose curve allowed the largest LR. `search.py` turns seeds into spaces.
+`OptimizerPrior` per optimizer: the LR band the search explores and the normalized weight decay
+around the decay whose curve allowed the largest LR. `search.py` turns priors into spaces.
 
 The rules, in numbers (each is tested against a fabricated result in tests/tuning/test_seeding.py):
 - The LR band is a prior with bounds, not a point: the peak LR (1-cycle and CLR `max_lr`) is
@@ -92,7 +92,7 @@ class RangeTestOutcome:
 
 
 @dataclass(frozen=True)
-class OptimizerSeed:
+class OptimizerPrior:
     optimizer: str
     max_lr: float
     lr: float
@@ -118,7 +118,7 @@ class OptimizerSeed:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> OptimizerSeed:
+    def from_dict(cls, d: dict) -> OptimizerPrior:
         return cls(**dict(d, lambda_band=tuple(d["lambda_band"]) if d["lambda_band"] else None,
                           lr_band=tuple(d["lr_band"]) if d.get("lr_band") else None))
 
@@ -134,7 +134,7 @@ def lr_band(max_lr: float, bounds: tuple[float, float] | None) -> tuple[float, f
     return min(lo, max_lr), max(hi, max_lr)
 
 
-def _one(settings: dict, optimizer: str, weight_decay: float) -> dict:
+def _range_test_task(settings: dict, optimizer: str, weight_decay: float) -> dict:
     """One range test, in a Ray task (or inline). Its plot is drawn by the driver's logging thread
     while the trials run, as the trials' own plots are."""
     t0 = time.perf_counter()
@@ -159,7 +159,7 @@ def _one(settings: dict, optimizer: str, weight_decay: float) -> dict:
                 seconds=time.perf_counter() - t0, result=result)
 
 
-def settings(cfg: SweepConfig, model: str) -> dict:
+def range_test_settings(cfg: SweepConfig, model: str) -> dict:
     """What a range test runs with: the sweep's task and model, and its step as the trials take it
     (accumulate, grad_clip: the first value of a searched list; decay groups; AMP)."""
     rt = cfg.range_test
@@ -178,8 +178,8 @@ def first(value):
 def run_range_tests(cfg: SweepConfig, model: str, on_done=None) -> list[RangeTestOutcome]:
     """All (optimizer x weight decay) range tests of a sweep, in parallel as Ray tasks, in that
     order. on_done(outcome, finished so far, all): called as each test finishes."""
-    remote = ray.remote(num_cpus=cfg.resources.cpu, num_gpus=cfg.resources.gpu, max_retries=1)(_one)
-    s = settings(cfg, model)
+    remote = ray.remote(num_cpus=cfg.resources.cpu, num_gpus=cfg.resources.gpu, max_retries=1)(_range_test_task)
+    s = range_test_settings(cfg, model)
     refs = [remote.remote(s, opt, wd) for opt in cfg.optimizers for wd in cfg.range_test.weight_decays]
     outcomes, waiting = {}, list(refs)
     while waiting:
@@ -196,14 +196,14 @@ def describe_outcome(o: RangeTestOutcome, finished: int, total: int) -> str:
     return f"range test {finished}/{total}: {o.optimizer} weight_decay={o.weight_decay:g}: {o.status}, {found} ({o.seconds:.1f} s)"
 
 
-def seeds(outcomes: list[RangeTestOutcome], cfg: SweepConfig, train_size: int) -> dict[str, OptimizerSeed]:
-    """The seeding rules (module docstring): one seed per optimizer whose tests suggested.
+def priors(outcomes: list[RangeTestOutcome], cfg: SweepConfig, train_size: int) -> dict[str, OptimizerPrior]:
+    """The seeding rules (module docstring): one prior per optimizer whose tests suggested.
 
     The insurance check: when no test is ok, the model or data are suspect and `SeedingRefused`
     is raised (unless `range_test.on_refusal` is "blind"). When some test is ok, the model and
     data learn under that optimizer and decay, so a refusal says something about the other
     optimizer (SGD on a plain deep net may not descend within the test's steps), not a bug: an
-    optimizer with no usable test gets no seed and its trials use the blind space (`describe`
+    optimizer with no usable test gets no prior and its trials use the blind space (`describe`
     says so); "stop_any" stops on any refusal instead."""
     failed = [o for o in outcomes if o.status == "error"]
     if failed:
@@ -217,7 +217,7 @@ def seeds(outcomes: list[RangeTestOutcome], cfg: SweepConfig, train_size: int) -
     for optimizer in cfg.optimizers:
         ok = [o for o in outcomes if o.optimizer == optimizer and o.ok]
         if ok:
-            out[optimizer] = _seed(optimizer, ok, [o.weight_decay for o in outcomes
+            out[optimizer] = _prior(optimizer, ok, [o.weight_decay for o in outcomes
                                                    if o.optimizer == optimizer], scale)
     return out
 
@@ -225,7 +225,7 @@ def seeds(outcomes: list[RangeTestOutcome], cfg: SweepConfig, train_size: int) -
 PRIORS_FILE = "lrtune-priors.json"  # in the sweep's folder under storage_path, beside Tune's state
 
 
-def save_priors(folder: str | Path, priors: dict[str, OptimizerSeed]) -> None:
+def save_priors(folder: str | Path, priors: dict[str, OptimizerPrior]) -> None:
     """Keep what the range tests gave the search in the sweep's folder (written whole or not at
     all), where `--resume` finds it with Tune's experiment state: a resumed sweep never runs its
     range tests again, nor reads them back from the tracking store."""
@@ -233,13 +233,13 @@ def save_priors(folder: str | Path, priors: dict[str, OptimizerSeed]) -> None:
                             json.dumps({k: v.to_dict() for k, v in priors.items()}, indent=1))
 
 
-def load_priors(folder: str | Path) -> dict[str, OptimizerSeed] | None:
+def load_priors(folder: str | Path) -> dict[str, OptimizerPrior] | None:
     """The priors `save_priors` kept in the sweep's folder; None when it kept none (a new sweep,
     or one stopped in its range tests)."""
     path = Path(folder, PRIORS_FILE)
     if not path.is_file():
         return None
-    return {k: OptimizerSeed.from_dict(v) for k, v in json.loads(path.read_text()).items()}
+    return {k: OptimizerPrior.from_dict(v) for k, v in json.loads(path.read_text()).items()}
 
 
 def decay_scale(cfg: SweepConfig, train_size: int) -> float:
@@ -248,7 +248,7 @@ def decay_scale(cfg: SweepConfig, train_size: int) -> float:
     return math.sqrt(cfg.batch_size * first(cfg.accumulate) / (train_size * cfg.epochs))
 
 
-def _seed(optimizer: str, ok: list[RangeTestOutcome], tested: list[float], scale: float) -> OptimizerSeed:
+def _prior(optimizer: str, ok: list[RangeTestOutcome], tested: list[float], scale: float) -> OptimizerPrior:
     best = max(o.max_lr for o in ok)
     tie = max(DECAY_TIE, max(o.spread or 0.0 for o in ok))
     chosen = max((o for o in ok if math.log10(o.max_lr) >= math.log10(best) - tie),
@@ -261,29 +261,29 @@ def _seed(optimizer: str, ok: list[RangeTestOutcome], tested: list[float], scale
     else:
         centre = None
     half = 10 ** (DECAY_BAND / 2)
-    return OptimizerSeed(optimizer=optimizer, max_lr=chosen.max_lr, lr=chosen.lr,
+    return OptimizerPrior(optimizer=optimizer, max_lr=chosen.max_lr, lr=chosen.lr,
                          spread=chosen.spread or 0.0, weight_decay=chosen.weight_decay,
                          lambda_norm=chosen.weight_decay / scale,
                          lambda_band=None if centre is None else (centre / half, centre * half),
                          decay_scale=scale, lr_band=lr_band(chosen.max_lr, chosen.bounds))
 
 
-def describe(outcomes: list[RangeTestOutcome], seeds: dict[str, OptimizerSeed]) -> str:
-    """The range tests and the seeds they gave, as printed before the trials start."""
+def describe(outcomes: list[RangeTestOutcome], priors: dict[str, OptimizerPrior]) -> str:
+    """The range tests and the priors they gave, as printed before the trials start."""
     lines = ["range tests (the search is seeded from these):",
              f"  {'optimizer':9}  {'decay':>7}  {'status':20}  {'max_lr':>8}  {'lr':>8}  {'spread':>6}  {'s':>5}"]
     for o in outcomes:
         num = (f"{o.max_lr:8.3g}  {o.lr:8.3g}  {o.spread or 0:6.2f}" if o.ok else f"{'-':>8}  {'-':>8}  {'-':>6}")
         lines.append(f"  {o.optimizer:9}  {o.weight_decay:7g}  {o.status:20}  {num}  {o.seconds:5.1f}")
-    for opt, s in seeds.items():
+    for opt, s in priors.items():
         band = ("decay fixed at 0" if s.lambda_band is None else
                 f"lambda_norm {s.lambda_band[0]:.3g}..{s.lambda_band[1]:.3g} "
                 f"(weight_decay {s.lambda_band[0] * s.decay_scale:.3g}..{s.lambda_band[1] * s.decay_scale:.3g})")
         lo, hi = s.lr_band or lr_band(s.max_lr, None)
-        lines.append(f"  seed {opt}: max_lr {s.max_lr:.3g}, searched {lo:.3g}..{hi:.3g}; chosen decay "
+        lines.append(f"  prior {opt}: max_lr {s.max_lr:.3g}, searched {lo:.3g}..{hi:.3g}; chosen decay "
                      f"{s.weight_decay:g}; {band}")
-    for opt in sorted({o.optimizer for o in outcomes} - set(seeds)):
+    for opt in sorted({o.optimizer for o in outcomes} - set(priors)):
         lines.append(f"  {opt}: no usable range test, searched blind (the other optimizers' tests show "
                      f"the model and data learn; range_test.on_refusal: stop_any stops instead)"
-                     if seeds else f"  {opt}: no usable range test, searched blind (range_test.on_refusal: blind)")
+                     if priors else f"  {opt}: no usable range test, searched blind (range_test.on_refusal: blind)")
     return "\n".join(lines)

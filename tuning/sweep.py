@@ -56,7 +56,7 @@ class SweepResult:
     trials: list[dict]  # one per trial: trial_id, config, result (the last), checkpoint, error
     wall_time: float
     started_at: float  # time.time() when the sweep began (trial timestamps are on that clock)
-    seeds: dict | None = None  # optimizer -> OptimizerSeed, when the search was seeded
+    priors: dict | None = None  # optimizer -> OptimizerPrior, when the search was seeded
     range_test_seconds: float = 0.0  # the range tests' own time, summed over their Ray tasks
     mode: str = "max"
     experiment_id: str = ""  # MLflow's, for the UI's URLs
@@ -109,9 +109,9 @@ def prepare(cfg: SweepConfig) -> TaskInfo:
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     loop = form(task, model)
-    if loop != "lrtune" and cfg.seeds > 1:
-        raise ConfigError(f"seeds: {cfg.seeds} copies in lockstep need lrtune's own loop; task {cfg.task!r} "
-                          f"brings its own ({loop}); use seeds: 1")
+    if loop != "lrtune" and cfg.replicas > 1:
+        raise ConfigError(f"replicas: {cfg.replicas} copies in lockstep need lrtune's own loop; task {cfg.task!r} "
+                          f"brings its own ({loop}); use replicas: 1")
     has_range_test = model is not None and (task.tensors or task.train_loader is not None
                                             or task.datamodule is not None or loop == "lightning")
     if cfg.search.seeded and not has_range_test:
@@ -135,7 +135,7 @@ def prepare(cfg: SweepConfig) -> TaskInfo:
                 raise ConfigError(f"epochs: {schedule} needs more than {fewest - 1} steps in all{why}; "
                                   f"epochs={cfg.epochs} x {micro // a} steps gives {total}")
     return TaskInfo(model, task.metric_name, task.mode, loop, micro, examples, has_range_test,
-                    _state_bytes(task, model) * cfg.seeds)
+                    _state_bytes(task, model) * cfg.replicas)
 
 
 def _state_bytes(task, model: str | None) -> int:
@@ -248,10 +248,10 @@ def _forget_lost_trials(cfg: SweepConfig, path: str, sweep: SweepRecord) -> None
               f"run again", flush=True)
 
 
-def seed_search(cfg: SweepConfig, info: TaskInfo, sweep: SweepRecord, later, folder: Path) -> tuple[dict, float]:
-    """The range tests (as Ray tasks), each logged as a nested MLflow run (by `later`, the logging
-    thread, while the trials start), read into seeds by the seeding rules and kept in the sweep's
-    folder (`folder`, beside Tune's experiment state), from which a resumed sweep takes them. Returns the seeds and the tests' summed seconds. Raises SeedingRefused,
+def range_test_priors(cfg: SweepConfig, info: TaskInfo, sweep: SweepRecord, log_later, folder: Path) -> tuple[dict, float]:
+    """The range tests (as Ray tasks), each logged as a nested MLflow run (by `log_later`, the logging
+    thread, while the trials start), read into priors by the seeding rules and kept in the sweep's
+    folder (`folder`, beside Tune's experiment state), from which a resumed sweep takes them. Returns the priors and the tests' summed seconds. Raises SeedingRefused,
     or RangeTestFailed when the task's code raised in a test."""
     logged = seeding.load_priors(folder)
     if logged is not None:
@@ -264,19 +264,19 @@ def seed_search(cfg: SweepConfig, info: TaskInfo, sweep: SweepRecord, later, fol
           f"run as Ray tasks", flush=True)
     outcomes = seeding.run_range_tests(cfg, info.model, on_done=lambda o, i, n: print(
         seeding.describe_outcome(o, i, n), flush=True))
-    settings = seeding.settings(cfg, info.model)
+    settings = seeding.range_test_settings(cfg, info.model)
     for o in outcomes:
-        later(sweep.log_range_test, o, settings)
+        log_later(sweep.log_range_test, o, settings)
     try:
-        seeds = seeding.seeds(outcomes, cfg, info.examples)
+        priors = seeding.priors(outcomes, cfg, info.examples)
     except (seeding.SeedingRefused, seeding.RangeTestFailed):
-        later(sweep.stopped_by, "range_test")
+        log_later(sweep.stopped_by, "range_test")
         raise
     seconds = sum(o.seconds for o in outcomes)
-    seeding.save_priors(folder, seeds)
-    later(sweep.log_priors, seeds, seconds, time.perf_counter() - t0)
-    print(seeding.describe(outcomes, seeds), flush=True)  # before the trials, whatever Tune's verbosity
-    return seeds, seconds
+    seeding.save_priors(folder, priors)
+    log_later(sweep.log_priors, priors, seconds, time.perf_counter() - t0)
+    print(seeding.describe(outcomes, priors), flush=True)  # before the trials, whatever Tune's verbosity
+    return priors, seconds
 
 
 class SweepFailed(RuntimeError):
@@ -449,7 +449,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     constants = dict(task=cfg.task, model=info.model, epochs=cfg.epochs, batch_size=cfg.batch_size,
                      data_dir=_abs(cfg.data_dir), threads=cfg.threads_per_trial,
                      checkpoint_every_s=cfg.checkpoint_every_s, decay_norm_and_bias=cfg.decay_norm_and_bias,
-                     amp=cfg.amp, gpu=cfg.resources.gpu, seed=cfg.seed, seeds=cfg.seeds, target=cfg.search.target)
+                     amp=cfg.amp, gpu=cfg.resources.gpu, seed=cfg.seed, replicas=cfg.replicas, target=cfg.search.target)
     init_ray(cfg.ray.address)
     # Tune's own result files (progress.csv, result.json) stay; its TensorBoard logger goes: MLflow is
     # the tracking UI, and the event writer costs ~6 ms of the driver's loop per epoch of every trial.
@@ -473,7 +473,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     why = ""
     try:
         signals.install()
-        seeds, range_s = seed_search(cfg, info, sweep, trial_runs.later, folder) if cfg.search.seeded else (None, 0.0)
+        priors, range_s = range_test_priors(cfg, info, sweep, trial_runs.log_later, folder) if cfg.search.seeded else (None, 0.0)
         trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         callbacks = [trial_runs, CSVLoggerCallback(), JsonLoggerCallback(), full, stop_when]
         if path and tune.Tuner.can_restore(path):
@@ -486,8 +486,8 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=search.searcher(cfg, info.metric, info.mode, name, info.micro_batches, constants,
-                                               seeds, notify=functools.partial(
-                                                   trial_runs.later, sweep.log_band_extensions),
+                                               priors, notify=functools.partial(
+                                                   trial_runs.log_later, sweep.log_band_extensions),
                                                decay_scale=seeding.decay_scale(cfg, info.examples),
                                                run_id_of=trial_runs.run_id_of),
                     scheduler=_scheduler(cfg, info.metric, info.mode),
@@ -523,7 +523,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
         if closed := search.close_running(cfg.tracking.optuna_storage, name):
             print(f"lrtune: {closed} Optuna trial(s) of a killed driver told FAIL (their Tune trials were lost)",
                   flush=True)
-        if seeds and (extended := search.band_extensions(cfg.tracking.optuna_storage, name)):
+        if priors and (extended := search.band_extensions(cfg.tracking.optuna_storage, name)):
             sweep.log_band_extensions(extended)  # also those a resumed search made (no live hook)
         trial_runs.reconcile([dict(trial_id=r.metrics.get("trial_id"), config=r.config,
                                    error=str(r.error) if r.error else None,
@@ -532,7 +532,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                        checkpoint=r.checkpoint, error=str(r.error) if r.error else r.metrics.get("error"),
                        run_id=trial_runs.runs.get(r.metrics.get("trial_id"))) for r in grid]
         result = SweepResult(name, sweep.run_id, info.metric, trials, time.perf_counter() - t0,
-                             started_at, seeds, range_s, info.mode, sweep.experiment_id)
+                             started_at, priors, range_s, info.mode, sweep.experiment_id)
         best = result.best(1)
         status = "FINISHED" if best or len(result.failed()) < len(trials) else "FAILED"
         sweep.end(status, summary=summary(result), note=note(result, cfg, info),
@@ -593,9 +593,9 @@ def note(result: SweepResult, cfg: SweepConfig, info: TaskInfo) -> str:
     lines = [f"lrtune sweep **{result.name}**: {head}; {len(result.trials)} trials: {ended}.", "", *rerun,
              f"- ran: {cfg.task}" + (f"/{info.model}" if info.model else "") + f", {cfg.epochs} epochs a trial; "
              f"optimizers {', '.join(cfg.optimizers)} x schedules {', '.join(cfg.schedules)}; search "
-             f"{cfg.search.algorithm}, {'seeded by range tests' if result.seeds else 'blind'}; early stopping "
+             f"{cfg.search.algorithm}, {'seeded by range tests' if result.priors else 'blind'}; early stopping "
              f"{cfg.stopping.scheduler}; {result.wall_time:.0f} s"]
-    for opt, s in (result.seeds or {}).items():
+    for opt, s in (result.priors or {}).items():
         lo, hi = s.lr_band or (s.max_lr, s.max_lr)
         lines.append(f"- range tests, {opt}: max_lr {s.max_lr:.3g} (searched {lo:.3g}..{hi:.3g}), "
                      f"weight decay {s.weight_decay:g} chosen")

@@ -92,6 +92,7 @@ no_psycopg2 = pytest.mark.skipif(importlib.util.find_spec("psycopg2") is not Non
     ({"task": "tests.tuning.bad_syntax:task"}, "importing 'tests.tuning.bad_syntax' raised SyntaxError"),
     ({"task": "tests.faults.exits_at_import:task"},
      "importing 'tests.faults.exits_at_import' raised SystemExit: this module is a script"),
+    ({"seeds": 2}, "seeds: renamed; write replicas: 2 instead (copies of each workflow trained in lockstep)"),
 ])
 def test_bad_values_exit_2_naming_the_key_before_ray_starts(over, needle, tmp_path, sweep_refused):
     err = sweep_refused(yaml.safe_dump(_smoke(tmp_path, **over)))
@@ -139,3 +140,15 @@ def test_bad_files_exit_2_naming_the_file(text, needle, tmp_path, sweep_refused)
     err = sweep_refused(text)
     assert f"{tmp_path / 'sweep.yaml'}: " in err and needle in err, err
     assert "Traceback" not in err
+
+
+def test_an_exported_workflow_with_an_old_key_is_refused_naming_the_new_one():
+    """A workflow.yaml exported before `seeds` was renamed: `lrtune train` refuses it naming `replicas`,
+    rather than dropping the setting."""
+    from tuning.config import ConfigError, WorkflowConfig, parse
+
+    old = dict(task="digits", optimizer="adamw", schedule="constant", lr=0.01, epochs=2, batch_size=100, seeds=3)
+    with pytest.raises(ConfigError, match=r"seeds: renamed; write replicas: 3 instead"):
+        parse(old, "workflow.yaml", WorkflowConfig)
+    del old["seeds"]
+    assert parse(dict(old, replicas=3), "workflow.yaml", WorkflowConfig).replicas == 3

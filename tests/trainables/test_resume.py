@@ -51,17 +51,17 @@ def test_seeds_in_lockstep_are_the_mean_of_separate_runs_and_resume_exactly(task
     w = dict(model="mlp", optimizer="adamw", schedule="constant", lr=3e-3, epochs=3, batch_size=50, seed=7,
              weight_decay=1e-4)
     alone = [[Run(task, dict(w, seed=s)).train_epoch()] for s in (7, 8)]
-    both = Replicas(task, w, seeds=2)
+    both = Replicas(task, w, replicas=2)
     row = both.train_epoch()
     accs = [a[0]["accuracy"] for a in alone]
-    assert row["accuracy_seeds"] == accs and row["accuracy"] == pytest.approx(sum(accs) / 2)
+    assert row["accuracy_replicas"] == accs and row["accuracy"] == pytest.approx(sum(accs) / 2)
     assert row["accuracy_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)  # sample std of two
     assert row["val_loss"] == pytest.approx((alone[0][0]["val_loss"] + alone[1][0]["val_loss"]) / 2)
     buf = io.BytesIO()
     torch.save(both.state_dict(), buf)
     rest = [both.train_epoch() for _ in range(2)]
-    resumed = Replicas(task, w, seeds=2)
+    resumed = Replicas(task, w, replicas=2)
     buf.seek(0)
     resumed.load_state_dict(torch.load(buf, weights_only=False))
-    assert [resumed.train_epoch()["accuracy_seeds"] for _ in range(2)] == [r["accuracy_seeds"] for r in rest]
+    assert [resumed.train_epoch()["accuracy_replicas"] for _ in range(2)] == [r["accuracy_replicas"] for r in rest]
     assert resumed.done and resumed.epoch == 3

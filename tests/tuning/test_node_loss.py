@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_a_lost_node_costs_at_most_the_epochs_since_a_checkpoint(mlflow_server, tmp_path):
     epochs = 8
     cfg = dict(name="nodeloss", task="mnist1d", model="cnn", epochs=epochs, batch_size=100,
-               optimizers=["adamw"], schedules=["constant", "one_cycle"], seeds=1,
+               optimizers=["adamw"], schedules=["constant", "one_cycle"], replicas=1,
                range_test=dict(num_iter=30, weight_decays=[0]), stopping=dict(scheduler="none"),
                checkpoint_every_s=0,  # every epoch: the trial on the lost node must have one to continue from
                search=dict(num_samples=4, max_concurrent=2),

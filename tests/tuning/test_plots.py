@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from schedules.range_test import centred_curve
 from tuning import plots, search
 from tuning.config import parse
-from tuning.seeding import RangeTestOutcome, seeds
+from tuning.seeding import RangeTestOutcome, priors
 
 STEPS = 40
 CFG = parse(dict(epochs=20, batch_size=100, optimizers=["adamw", "sgdw"],
@@ -27,7 +27,7 @@ def _outcome(optimizer, wd, max_lr):
 
 # adamw's LR band is ±1 decade, sgdw's capped at the blind range's 1.0: lr_shift has a distribution
 # per optimizer, which Optuna's importances refuse unless the plot widens them to one
-SEEDS = seeds([_outcome("adamw", 0, 0.05), _outcome("adamw", 1e-4, 0.045), _outcome("sgdw", 0, 0.9),
+PRIORS = priors([_outcome("adamw", 0, 0.05), _outcome("adamw", 1e-4, 0.045), _outcome("sgdw", 0, 0.9),
                _outcome("sgdw", 1e-4, 0.5)], CFG, train_size=4000)
 MIXED = [("adamw", "one_cycle")] * 3 + [("sgdw", "one_cycle")] * 3 + [("adamw", "constant"), ("sgdw", "constant"),
                                                                        ("adamw", "cyclic")]
@@ -42,7 +42,7 @@ def _study(plan, storage=None):
         study.enqueue_trial(dict(optimizer=optimizer, schedule=schedule))
 
     def objective(trial):
-        config = search.space(trial, CFG, STEPS, {}, SEEDS)
+        config = search.space(trial, CFG, STEPS, {}, PRIORS)
         return 0.9 - 0.05 * abs(math.log10(config.get("max_lr", config.get("lr"))) + 1.5)
 
     study.optimize(objective, n_trials=len(plan))

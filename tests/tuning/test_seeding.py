@@ -9,7 +9,7 @@ import pytest
 from schedules import normalized_weight_decay, sgdr_total_steps
 from tuning import search
 from tuning.config import parse
-from tuning.seeding import RULE_ERROR, RangeTestOutcome, SeedingRefused, lr_band, seeds
+from tuning.seeding import RULE_ERROR, RangeTestOutcome, SeedingRefused, lr_band, priors
 
 TRAIN_SIZE, STEPS = 4000, 40  # MNIST-1D's training set, batch 100
 CFG = parse(dict(epochs=20, batch_size=100, optimizers=["adamw", "sgdw"],
@@ -37,7 +37,7 @@ OUTCOMES = [
 
 
 def test_the_chosen_decay_and_its_normalized_band():
-    s = seeds(OUTCOMES, CFG, TRAIN_SIZE)
+    s = priors(OUTCOMES, CFG, TRAIN_SIZE)
     adamw, sgdw = s["adamw"], s["sgdw"]
     assert adamw.weight_decay == 1e-4 and adamw.max_lr == 0.045 and adamw.lr == 0.045 / 4
     assert adamw.decay_scale == pytest.approx(SCALE)
@@ -54,8 +54,8 @@ def test_the_chosen_decay_and_its_normalized_band():
 def test_a_wide_spread_widens_the_tie_and_only_zero_tested_fixes_the_decay():
     noisy = [_outcome("adamw", 0, 0.05, spread=0.3), _outcome("adamw", 1e-3, 0.03, spread=0.3)]
     cfg = parse(dict(optimizers=["adamw"], epochs=20, batch_size=100))
-    assert seeds(noisy, cfg, TRAIN_SIZE)["adamw"].weight_decay == 1e-3  # 0.22 decades < 0.3 spread
-    only_zero = seeds([_outcome("adamw", 0, 0.05)], cfg, TRAIN_SIZE)["adamw"]
+    assert priors(noisy, cfg, TRAIN_SIZE)["adamw"].weight_decay == 1e-3  # 0.22 decades < 0.3 spread
+    only_zero = priors([_outcome("adamw", 0, 0.05)], cfg, TRAIN_SIZE)["adamw"]
     assert only_zero.lambda_band is None
     trial = optuna.trial.FixedTrial(dict(optimizer="adamw", schedule="constant", lr_shift=0.0, momentum=0.9))
     config = search.space(trial, cfg, STEPS, {}, {"adamw": only_zero})
@@ -67,16 +67,16 @@ def test_a_refusal_stops_or_goes_blind_as_configured():
     everything = [_outcome("adamw", 0, 0, status="no_descent"), _outcome("sgdw", 0, 0, status="no_descent")]
     cfg = parse(dict(optimizers=["adamw", "sgdw"]))
     # the default: adamw's healthy curve shows the model and data learn; sgdw is searched blind
-    assert set(seeds(refused, cfg, TRAIN_SIZE)) == {"adamw"}
+    assert set(priors(refused, cfg, TRAIN_SIZE)) == {"adamw"}
     with pytest.raises(SeedingRefused, match="sgdw weight_decay=0: no_descent: no_descent message") as e:
-        seeds(everything, cfg, TRAIN_SIZE)  # every test refused: the model or data are suspect
+        priors(everything, cfg, TRAIN_SIZE)  # every test refused: the model or data are suspect
     assert "range_test.on_refusal: blind" in str(e.value)
     strict = parse(dict(optimizers=["adamw", "sgdw"], range_test=dict(on_refusal="stop_any")))
     with pytest.raises(SeedingRefused, match="sgdw weight_decay=0: no_descent"):
-        seeds(refused, strict, TRAIN_SIZE)
+        priors(refused, strict, TRAIN_SIZE)
     blind = parse(dict(optimizers=["adamw", "sgdw"], range_test=dict(on_refusal="blind")))
-    assert set(seeds(refused, blind, TRAIN_SIZE)) == {"adamw"}
-    assert seeds(everything, blind, TRAIN_SIZE) == {}
+    assert set(priors(refused, blind, TRAIN_SIZE)) == {"adamw"}
+    assert priors(everything, blind, TRAIN_SIZE) == {}
 
 
 def _config(s, **params):
@@ -94,7 +94,7 @@ def test_the_lr_band_lies_between_the_curves_bounds_within_the_rules_error():
     assert lr_band(0.8, None) == pytest.approx((0.08, 1.0))
     assert lr_band(2e-5, (1e-7, 1e-3)) == pytest.approx((1e-5, 2e-4))
     assert lr_band(0.01, (0.02, 0.05)) == pytest.approx((0.01, 0.05))
-    s = seeds(OUTCOMES, CFG, TRAIN_SIZE)
+    s = priors(OUTCOMES, CFG, TRAIN_SIZE)
     a, g = s["adamw"], s["sgdw"]  # fabricated bounds: 1.5 decades below, 1.2 above max_lr
     assert a.shifts == pytest.approx((-RULE_ERROR, RULE_ERROR))
     assert g.shifts == pytest.approx((-RULE_ERROR, math.log10(1 / 0.9)))  # the blind range's 1.0 caps it
@@ -113,7 +113,7 @@ def test_the_rule_error_covers_the_suggestion_benchmarks_worst_distance():
 
 @pytest.mark.parametrize("shift", [-0.5, 0.0, 0.5])
 def test_seeded_space_bounds_follow_from_the_range_test(shift):
-    s = seeds(OUTCOMES, CFG, TRAIN_SIZE)
+    s = priors(OUTCOMES, CFG, TRAIN_SIZE)
     a = s["adamw"]
     common = dict(optimizer="adamw", lr_shift=shift, decay_shift=shift)
     one = _config(s, **common, schedule="one_cycle", max_momentum=0.95, base_momentum=0.85)
@@ -135,7 +135,7 @@ def test_seeded_space_bounds_follow_from_the_range_test(shift):
 
 
 def test_seeded_distributions_are_the_documented_ranges():
-    s = seeds(OUTCOMES, CFG, TRAIN_SIZE)
+    s = priors(OUTCOMES, CFG, TRAIN_SIZE)
     study = optuna.create_study(direction="maximize")
     seen = {}
     for schedule in ("one_cycle", "cyclic", "sgdr", "constant"):
@@ -161,7 +161,7 @@ def test_seeded_distributions_are_the_documented_ranges():
 
 
 def test_warm_start_points_are_the_first_trials(tmp_path):
-    s = seeds(OUTCOMES, CFG, TRAIN_SIZE)
+    s = priors(OUTCOMES, CFG, TRAIN_SIZE)
     cfg = parse(dict(CFG.model_dump(), search=dict(num_samples=14, seed=0),
                      tracking=dict(optuna_storage=f"sqlite:///{tmp_path}/optuna.db")))
     searcher = search.searcher(cfg, "accuracy", "max", "warm", STEPS, {"epochs": 20}, s)
@@ -190,7 +190,7 @@ def test_a_band_extends_when_its_best_trial_sits_at_an_edge(capsys):
     """Bands: fewer than MIN_TRIALS done, or the best inside the band, leave it; the best in the
     outer EDGE of the band extends it by STEP on that side, recorded in the study, printed, and
     handed to the hook; the blind range caps it."""
-    s = seeds([_outcome("adamw", 0, 1e-3), _outcome("sgdw", 0, 0.1)], CFG, TRAIN_SIZE)
+    s = priors([_outcome("adamw", 0, 1e-3), _outcome("sgdw", 0, 0.1)], CFG, TRAIN_SIZE)
     seen = []
     bands = search.Bands(s, notify=seen.append)
     study = optuna.create_study(direction="maximize")
@@ -230,6 +230,6 @@ def test_blind_mode_keeps_the_wide_space_and_no_seeded_start():
     assert d["weight_decay"] == optuna.distributions.FloatDistribution(1e-6, 1e-1, log=True)
     assert d.get("lr", d.get("max_lr")) == optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)
     assert search.start_points(CFG, STEPS, None) == []  # no warm start
-    half = seeds([_outcome("adamw", 0, 0.05)], parse(dict(optimizers=["adamw", "sgdw"],
+    half = priors([_outcome("adamw", 0, 0.05)], parse(dict(optimizers=["adamw", "sgdw"],
                                                          range_test=dict(on_refusal="blind"))), TRAIN_SIZE)
     assert {p["optimizer"] for p in search.start_points(CFG, STEPS, half)} == {"adamw"}

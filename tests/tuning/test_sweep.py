@@ -15,7 +15,7 @@ from tuning import search
 from trainables.loops import as_computed
 from tuning.cli import main
 from tuning.config import ConfigError, load, parse
-from tuning.seeding import OptimizerSeed
+from tuning.seeding import OptimizerPrior
 from tuning.tracking.store import read_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,11 +51,11 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
         assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.data.tags["status"] == "ok"
         assert r.data.metrics["suggested_lr"] == pytest.approx(r.data.metrics["suggested_max_lr"] / 4)
         assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["range_test.json", "range_test.png"]
-    seeds = json.loads(read_artifact(client, parent.info.run_id, "priors.json"))
+    priors = json.loads(read_artifact(client, parent.info.run_id, "priors.json"))
     tested = {(r.data.tags["optimizer"], float(r.data.tags["weight_decay"])): r.data.metrics["suggested_max_lr"]
               for r in range_tests}
-    for opt, seed in seeds.items():  # the seed's max_lr is its chosen decay's suggestion
-        assert seed["max_lr"] == pytest.approx(tested[(opt, seed["weight_decay"])])
+    for opt, prior in priors.items():  # the prior's max_lr is its chosen decay's suggestion
+        assert prior["max_lr"] == pytest.approx(tested[(opt, prior["weight_decay"])])
     assert len(trials) == cfg["search"]["num_samples"]
     for t in trials:
         assert t.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -70,16 +70,16 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
         # one peak LR column whatever the schedule, beside the absolute and normalized decay
         p = t.data.params
         assert float(p["peak_lr"]) == float(p.get("max_lr") or p["lr"]) > 0
-        assert float(p["weight_decay"]) == pytest.approx(float(p["lambda_norm"]) * seeds[p["optimizer"]]["decay_scale"])
+        assert float(p["weight_decay"]) == pytest.approx(float(p["lambda_norm"]) * priors[p["optimizer"]]["decay_scale"])
         # metrics as the numbers the task computed (float32 accuracies), not their float64 widening
         assert repr(t.data.metrics["accuracy"]) == str(np.float32(t.data.metrics["accuracy"]))
         assert [a.path for a in client.list_artifacts(t.info.run_id)] == ["lr_schedule.png", "workflow.yaml"]
     # the four warm-start points: 1-cycle for each optimizer at its seed, then in its band's larger half
-    seeds_ = {o: OptimizerSeed.from_dict(v) for o, v in seeds.items()}
+    priors_ = {o: OptimizerPrior.from_dict(v) for o, v in priors.items()}
     starts = sorted((t.data.params["optimizer"], float(t.data.params["lr_shift"])) for t in trials)
     assert {t.data.tags["schedule"] for t in trials} == {"one_cycle"}
     assert starts == sorted([(o, 0.0) for o in ("adamw", "sgdw")] + [
-        (o, round((s.shifts[1] if s.shifts[1] >= -s.shifts[0] else s.shifts[0]) / 2, 3)) for o, s in seeds_.items()])
+        (o, round((s.shifts[1] if s.shifts[1] >= -s.shifts[0] else s.shifts[0]) / 2, 3)) for o, s in priors_.items()])
     assert max(t.data.metrics["accuracy"] for t in trials) > 0.8
     # the parent run is the sweep's summary: best metric and run, counts, the best workflow, a note
     best = max(trials, key=lambda t: t.data.metrics["accuracy"])
@@ -96,7 +96,7 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
     assert "; 4 trials: 4 finished, 0 stopped, 0 diverged, 0 failed.\n" in note
     assert f"lrtune export {best.info.run_id}" in note and "- ran: digits/mlp, 2 epochs a trial" in note
     for opt in ("adamw", "sgdw"):
-        assert f"range tests, {opt}: max_lr {seeds[opt]['max_lr']:.3g}" in note
+        assert f"range tests, {opt}: max_lr {priors[opt]['max_lr']:.3g}" in note
     # the progress: a line per range test as it finishes; the short warm start said so
     assert sorted(line.split(":")[0] for line in smoke.out.splitlines() if line.startswith("range test ")) == [
         f"range test {i}/4" for i in range(1, 5)]
@@ -193,13 +193,13 @@ def test_report_and_export_refuse_a_store_that_does_not_exist_and_create_none(co
     assert str(tmp_path / "mlflow.db") in err and list(tmp_path.iterdir()) == []
 
 
-def test_seeds_in_lockstep_and_a_second_objective(ray_session, tmp_path, monkeypatch, capsys):
-    """seeds: 2 gives mean ± std per trial; also_minimize: epochs_to_target makes the Optuna study
+def test_replicas_in_lockstep_and_a_second_objective(ray_session, tmp_path, monkeypatch, capsys):
+    """replicas: 2 gives mean ± std per trial; also_minimize: epochs_to_target makes the Optuna study
     two-objective, and the report shows the spread."""
     import optuna
 
     monkeypatch.chdir(tmp_path)
-    cfg = _local(dict(name="two", task="digits", model="mlp", epochs=3, batch_size=100, seeds=2,
+    cfg = _local(dict(name="two", task="digits", model="mlp", epochs=3, batch_size=100, replicas=2,
                       optimizers=["adamw"], schedules=["one_cycle", "constant"],
                       range_test=dict(num_iter=30, weight_decays=[0]), stopping=dict(scheduler="none"),
                       search=dict(num_samples=2, max_concurrent=2, also_minimize="epochs_to_target",
@@ -592,7 +592,7 @@ def test_the_search_extends_a_band_whose_best_trial_sits_at_its_edge(ray_session
     assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
     out = capsys.readouterr().out
     client, parents, trials, _ = _runs(tmp_path, "edge")
-    seed = OptimizerSeed.from_dict(json.loads(read_artifact(client, parents[0].info.run_id, "priors.json"))["adamw"])
+    seed = OptimizerPrior.from_dict(json.loads(read_artifact(client, parents[0].info.run_id, "priors.json"))["adamw"])
     lo, hi = seed.shifts
     assert hi > 0.95 and "adamw's best trial so far" in out and "extended up" in out
     study = optuna.load_study(study_name=parents[0].info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")

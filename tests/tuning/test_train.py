@@ -89,7 +89,7 @@ def test_train_logs_a_run_linked_to_its_sweep_with_metrics_and_a_loadable_model(
     # the link: nested under the sweep's parent (not as a trial), naming the trial it re-runs
     assert run.data.tags["mlflow.parentRunId"] == parent_id
     assert run.data.tags["lrtune.source_run_id"] == trial_id and run.data.tags["lrtune.sweep_run_id"] == parent_id
-    full = dict(WORKFLOW, momentum=0.9, accumulate=1, decay_norm_and_bias=False, seed=0, seeds=1, threads=1)
+    full = dict(WORKFLOW, momentum=0.9, accumulate=1, decay_norm_and_bias=False, seed=0, replicas=1, threads=1)
     assert {k: yaml.safe_load(v) for k, v in run.data.params.items()} == dict(full, peak_lr=0.01)
     assert yaml.safe_load(read_artifact(client, run.info.run_id, WORKFLOW_ARTIFACT)) == full  # no origin
     # per-epoch metrics at step=epoch, equal to what was printed; the schedule's LR renamed

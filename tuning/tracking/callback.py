@@ -61,7 +61,7 @@ class TrialRuns(tune.Callback):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtune-mlflow")
         self._pending, self.plots, self._created, self.broken = [], [], {}, None
 
-    def later(self, fn, *args) -> None:
+    def log_later(self, fn, *args) -> None:
         """Run fn(*args) on the logging thread, after what is queued (errors surface in close()),
         waiting out a tracking server that does not answer (`_retrying`)."""
         self._pending.append(self._pool.submit(self._retrying, fn, *args))
@@ -108,7 +108,7 @@ class TrialRuns(tune.Callback):
         return self.runs[trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.later(self._run_id, trial.trial_id, dict(trial.config))
+        self.log_later(self._run_id, trial.trial_id, dict(trial.config))
         self._created[trial.trial_id] = self._pending[-1]
 
     def run_id_of(self, trial_id: str, timeout: float = 60.0) -> str | None:
@@ -120,11 +120,11 @@ class TrialRuns(tune.Callback):
             return None
 
     def on_trial_restore(self, iteration, trials, trial, **info):
-        self.later(self._tag, trial.trial_id, dict(trial.config), "lrtune.restored")
+        self.log_later(self._tag, trial.trial_id, dict(trial.config), "lrtune.restored")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A failed trial (e.g. its node was lost) about to be retried from its last checkpoint."""
-        self.later(self._tag, trial.trial_id, dict(trial.config), "lrtune.recovered")
+        self.log_later(self._tag, trial.trial_id, dict(trial.config), "lrtune.recovered")
 
     def _tag(self, trial_id: str, cfg: dict, tag: str) -> None:
         self.record.tag(self._run_id(trial_id, cfg), tag)
@@ -133,7 +133,7 @@ class TrialRuns(tune.Callback):
         self.last[trial.trial_id] = result
         metrics = metrics_of(result, int(time.time() * 1000))
         if metrics:
-            self.later(self._log_metrics, trial.trial_id, dict(trial.config), metrics)
+            self.log_later(self._log_metrics, trial.trial_id, dict(trial.config), metrics)
 
     def _log_metrics(self, trial_id: str, cfg: dict, metrics: list) -> None:
         run_id = self._run_id(trial_id, cfg)
@@ -145,11 +145,11 @@ class TrialRuns(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = self.last.get(trial.trial_id, {})
         status = ended_as(last)
-        self.later(self._end, trial.trial_id, dict(trial.config), status,
+        self.log_later(self._end, trial.trial_id, dict(trial.config), status,
                    "FAILED" if status == "failed" else "FINISHED", last.get("error"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.later(self._end, trial.trial_id, dict(trial.config), "failed", "FAILED")
+        self.log_later(self._end, trial.trial_id, dict(trial.config), "failed", "FAILED")
 
     def _end(self, trial_id: str, cfg: dict, status: str, mlflow_status: str, error: str | None = None) -> None:
         run_id = self._run_id(trial_id, cfg)
@@ -188,7 +188,7 @@ class TrialRuns(tune.Callback):
             run = runs.get(t["trial_id"])
             if run is not None and run.info.status != "RUNNING" and not every_run:
                 continue
-            self.later(self._complete, t["trial_id"], dict(t["config"]), t["history"](), t["error"])
+            self.log_later(self._complete, t["trial_id"], dict(t["config"]), t["history"](), t["error"])
         self.close()
 
     def _complete(self, trial_id: str, cfg: dict, history: list[dict], error: str | None) -> None:
@@ -210,7 +210,7 @@ class TrialRuns(tune.Callback):
         """Wait for the queued logging. With `abandoned` (the sweep's MLflow status, e.g. KILLED),
         also end the trial runs still open as a trial's run ends (tagged `stopped`, with epochs_run,
         the epochs it logged, and workflow.yaml), so that no run is left running."""
-        self.later(self._log_plots, True)
+        self.log_later(self._log_plots, True)
         pending, self._pending = self._pending, []
         errors = [f.exception() for f in pending if f.exception() is not None]
         if abandoned:
