@@ -122,10 +122,15 @@ def close_running(storage: str, study_name: str) -> int:
     except KeyError:
         return 0
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    for t in running:
-        study._storage.set_trial_user_attr(t._trial_id, "status", "failed")
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    _fail(study, running, "failed")
     return len(running)
+
+
+def _fail(study: optuna.Study, trials: list, status: str) -> None:
+    """Tell these RUNNING trials FAIL, with the `status` attribute the dashboard shows (failed, lost)."""
+    for t in trials:
+        study._storage.set_trial_user_attr(t._trial_id, "status", status)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
 
 
 def known_to_saved_searcher(experiment: str) -> set[int] | None:
@@ -153,8 +158,7 @@ def requeue_lost(storage: str, study_name: str, known: set[int]) -> int:
     for t in lost:
         if "fixed_params" in t.system_attrs:
             study.enqueue_trial(t.system_attrs["fixed_params"], skip_if_exists=False)
-        study._storage.set_trial_user_attr(t._trial_id, "status", "lost")
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    _fail(study, lost, "lost")
     return len(lost)
 
 

@@ -11,6 +11,7 @@ there is room, after reading Tune's experiment state (`check_state`) rather than
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -205,13 +206,14 @@ def find_sweep(cfg: SweepConfig) -> str:
     return str(root / found[-1])
 
 
-def check_state(path: str) -> None:
+def check_state(path: str) -> set[str] | None:
     """Read Tune's experiment state under `path` before Tune trusts it (--resume): a file cut short
     (by a full disk, or a kill mid-write) is refused, naming it. Tune would fail deep in its
     restore, or, where it finds no state, start the sweep over. The newest file of each kind is
     checked, as what it holds: a pickle (some named .json) must end with its STOP opcode, JSON
-    must parse."""
-    root = Path(path)
+    must parse. Returns the ids of the trials the newest experiment state lists (None: it has none
+    yet, the sweep was stopped before Tune first saved it, or one of a form this does not know)."""
+    root, known = Path(path), None
     patterns = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "tuner.pkl",
                 "trainable.pkl")
     for f in [max(found) for pattern in patterns if (found := sorted(root.glob(pattern)))]:
@@ -223,20 +225,31 @@ def check_state(path: str) -> None:
                 if not data.endswith(pickle.STOP):
                     raise ValueError(f"a pickle of {len(data)} bytes without its end")
             else:
-                json.loads(data)
+                parsed = json.loads(data)
+                if f.name.startswith("experiment_state-"):
+                    known = _trial_ids(parsed)
         except (OSError, ValueError) as e:
             raise ConfigError(f"--resume: cannot read {f} (Tune's experiment state of sweep {root.name}: "
                               f"{str(e)[:80]}); it was cut short, by a full disk or a kill as it was written. "
                               f"lrtune will not start the sweep over in its place: run it without --resume for "
                               f"a new sweep (this one's trials stay in MLflow)") from None
+    return known
 
 
-def _forget_lost_trials(cfg: SweepConfig, path: str, sweep: SweepRecord) -> None:
+def _trial_ids(state) -> set[str] | None:
+    """The trial ids in Tune's experiment state (Ray 2.x: trial_data, a list of [trial JSON, ...]);
+    None for a form this does not know (then no trial is taken for lost)."""
+    try:
+        return {json.loads(t[0])["trial_id"] for t in state["trial_data"]}
+    except (KeyError, TypeError, IndexError, ValueError):
+        return None
+
+
+def _forget_lost_trials(cfg: SweepConfig, path: str, sweep: SweepRecord, known: set[str]) -> None:
     """Before Tune restores a sweep: what a killed driver started after Tune last saved its state
-    (the trials it lists) is lost. Their MLflow runs and folders go, their Optuna trials are told
-    FAIL and the warm-start points among them queued again (`search.requeue_lost`)."""
-    state = max(Path(path).glob("experiment_state-*.json"))
-    known = {json.loads(t[0])["trial_id"] for t in json.loads(state.read_text())["trial_data"]}
+    (`known`: the trials that state lists, from `check_state`) is lost. Their MLflow runs and
+    folders go, their Optuna trials are told FAIL and the warm-start points among them queued again
+    (`search.requeue_lost`)."""
     lost = sweep.drop_lost_trials(known)
     for trial_id in lost:
         shutil.rmtree(Path(path, f"trial_{trial_id}"), ignore_errors=True)
@@ -441,8 +454,7 @@ def _remove_cut_files(experiment: Path) -> None:
 def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> SweepResult:
     info = prepare(cfg)
     path = find_sweep(cfg) if resume else None
-    if path:
-        check_state(path)  # before Ray starts or any run is touched
+    known = check_state(path) if path else None  # before Ray starts or any run is touched
     # the suffix tells apart sweeps of one config started in the same second (its own Ray directory,
     # Optuna study and MLflow parent run each)
     name = Path(path).name if path else f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
@@ -453,8 +465,9 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
     init_ray(cfg.ray.address)
     # Tune's own result files (progress.csv, result.json) stay; its TensorBoard logger goes: MLflow is
     # the tracking UI, and the event writer costs ~6 ms of the driver's loop per epoch of every trial.
-    # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 in the environment brings it back.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 in the environment brings it back. Set for the fit only.
+    tune_env = dict(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"),
+                    RAY_AIR_NEW_OUTPUT="1" if verbose >= 2 else "0")
     storage = _abs(cfg.storage_path or "ray_results")
     preflight.check(cfg, storage, ray.nodes(),  # before any run is written
                     info.checkpoint_bytes)
@@ -477,7 +490,8 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
         trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         callbacks = [trial_runs, CSVLoggerCallback(), JsonLoggerCallback(), full, stop_when]
         if path and tune.Tuner.can_restore(path):
-            _forget_lost_trials(cfg, path, sweep)
+            if known is not None:
+                _forget_lost_trials(cfg, path, sweep, known)
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
             # Tune restores the callbacks it pickled; use this run's (no public API: ray#41364).
             tuner._local_tuner.get_run_config().callbacks = callbacks
@@ -503,7 +517,7 @@ def run_sweep(cfg: SweepConfig, *, verbose: int = 1, resume: bool = False) -> Sw
                     failure_config=tune.FailureConfig(max_failures=2)))
         signals.fitting = True
         try:
-            with full:
+            with full, _environ(**tune_env):
                 grid = tuner.fit()
         except Exception:
             if not full.seen and trial_runs.broken is None:
@@ -613,8 +627,7 @@ def _progress(metric: str, mode: str, verbose: int):
     """What the sweep shows while trials run. verbose 1: Ray Tune's trial table (its CLIReporter)
     with lrtune's columns, best first, every 10 s; verbose 2: Ray Tune's newer output, a box per
     trial's config and results; 0: nothing. Ray picks between its two outputs by the environment
-    variable RAY_AIR_NEW_OUTPUT, read when the run starts; it is set here for this sweep."""
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose >= 2 else "0"
+    variable RAY_AIR_NEW_OUTPUT, read when the run starts: `run_sweep` sets it for the fit."""
     if verbose != 1:
         return None
     return tune.CLIReporter(
@@ -623,6 +636,22 @@ def _progress(metric: str, mode: str, verbose: int):
                            "weight_decay": "weight_decay"},
         metric=metric, mode=mode, sort_by_metric=True, max_progress_rows=12, max_error_rows=5,
         max_report_frequency=10, print_intermediate_tables=True)
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """These environment variables set while the block runs, then as they were (Ray reads them when
+    a run starts; a process that runs several sweeps, or goes on after one, keeps its own)."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _scheduler(cfg: SweepConfig, metric: str, mode: str):
