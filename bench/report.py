@@ -282,7 +282,9 @@ def adamw_vs_l2(p: dict):
               f"decay read as torch's weight_decay (λ / LR): {pm(np.abs(w['top_k_corr_torch']), digits=2)}.", ""]
     if p.get("pilot"):
         pl = p["pilot"]
-        lines += [f"Grid: 7 x 7 in quarter decades about each optimizer's best cell of a one-seed pilot (seed "
+        lrs, decays = p["lrs"]["adamw"], p["decays"]["adamw"]
+        lines += [f"Grid: {len(decays)} decays x {len(lrs)} peak LRs, {math.log10(lrs[1] / lrs[0]):.2f} decades "
+                  f"apart, about each optimizer's best cell of a one-seed pilot (seed "
                   f"{pl['seed']}; LR {min(pl['lrs']):.0e} .. {max(pl['lrs']):.0e} in half decades, λ_norm "
                   f"{min(pl['decays']['adamw']):.0e} .. {max(pl['decays']['adamw']):.0e} and L2 "
                   f"{min(pl['decays']['adam']):.0e} .. {max(pl['decays']['adam']):.0e} in decades).", ""]
