@@ -495,8 +495,11 @@ def _header(quick: bool) -> str:
     total = RESULTS / f"all{'_quick' if quick else ''}.json"
     took = ""
     if total.exists():
-        took = (f" The benchmarks' latest runs (`python -m bench all`, or `--only` for some) add up to "
-                f"{json.loads(total.read_text())['seconds'] / 60:.1f} minutes.")
+        record = json.loads(total.read_text())
+        alone = [n for n in ORDER if n not in record["runs"]]
+        took = (f" The latest `python -m bench all` runs (or `--only` for some) of {len(record['runs'])} benchmarks "
+                f"add up to {record['seconds'] / 60:.1f} minutes"
+                + (f"; {', '.join(alone)} ran on their own, outside that record." if alone else "."))
     import torch
 
     return "\n".join([
