@@ -43,7 +43,7 @@ def pt(values) -> str:
 def reached(hits: list) -> str:
     """Epochs to a target over the seeds that reach it: mean ± std (n/N)."""
     got = [h for h in hits if h is not None]
-    return f"{pm(got, digits=1)} ({len(got)}/{len(hits)} seeds)" if got else f"never (0/{len(hits)} seeds)"
+    return f"{pm(got, digits=1)} epochs ({len(got)}/{len(hits)} seeds)" if got else f"never (0/{len(hits)} seeds)"
 
 
 def paper_verdict(text: str) -> str:
@@ -213,8 +213,8 @@ def clr(p: dict):
                        f"({OPTIMIZER_NAMES[o]})", f"Smith 2017, CIFAR-10: 25k vs 70k iterations, CLR / fixed "
                        f"budget = {h['paper_ratio']:.2f}",
                        f"ratio CLR epochs to target / fixed budget {s['ratio']:.2f} (a seed that never reaches it "
-                       f"counts as the {epochs:.0f} epochs; {reached(s['clr_epochs_to_target'])} reach it); ratio CLR "
-                       f"/ the fixed LR's own epochs to first reach it {s['ratio_first_hit']:.2f}",
+                       f"counts as the {epochs:.0f} epochs); CLR reaches it in {reached(s['clr_epochs_to_target'])}; "
+                       f"ratio CLR / the fixed LR's own epochs to first reach it {s['ratio_first_hit']:.2f}",
                        paper_verdict(h[f"{o}_verdict"])])
         rows[o] = [f"{s['target']:.3f}", pm(s["fixed_final"]), pm(s["clr_final"]), reached(s["clr_epochs_to_target"]),
                    reached(s["fixed_epochs_to_target"]), f"{s['ratio']:.2f}", f"{s['ratio_first_hit']:.2f}"]
@@ -305,7 +305,7 @@ def one_cycle(p: dict):
         claims.append([f"1-cycle at the range test's max_lr reaches Adam 3e-4's {base['epochs']}-epoch accuracy "
                        f"in <= 1/10 of the epochs on every seed ({OPTIMIZER_NAMES[o]})",
                        "Smith & Topin 2019, CIFAR-10 ResNet-56: ~10k vs ~80k iterations",
-                       f"{reached(r['epochs_to_target'])} epochs vs {base['epochs']}: mean / {base['epochs']} = "
+                       f"{reached(r['epochs_to_target'])} vs {base['epochs']}: mean / {base['epochs']} = "
                        f"{np.mean(hits) / base['epochs']:.3f}, worst seed {max(hits) if hits else '-'} epochs"
                        if hits else "never within the ladder", paper_verdict(h[f"{o}_claim"])])
         rows.append([f"1-cycle, {OPTIMIZER_NAMES[o]}", ", ".join(f"{x:.2g}" for x in r["max_lr"]),
