@@ -289,9 +289,10 @@ def adamw_vs_l2(p: dict):
         lrs, decays = p["lrs"]["adamw"], p["decays"]["adamw"]
         lines += [f"Grid: {len(decays)} decays x {len(lrs)} peak LRs, {math.log10(lrs[1] / lrs[0]):.2f} decades "
                   f"apart, about each optimizer's best cell of a one-seed pilot (seed "
-                  f"{pl['seed']}; LR {min(pl['lrs']):.0e} .. {max(pl['lrs']):.0e} in half decades, λ_norm "
-                  f"{min(pl['decays']['adamw']):.0e} .. {max(pl['decays']['adamw']):.0e} and L2 "
-                  f"{min(pl['decays']['adam']):.0e} .. {max(pl['decays']['adam']):.0e} in decades).", ""]
+                  f"{pl['seed']}; LR {sci(min(pl['lrs']))} .. {sci(max(pl['lrs']))} in half decades, λ_norm "
+                  f"{sci(min(pl['decays']['adamw']))} .. {sci(max(pl['decays']['adamw']))} and L2 "
+                  f"{sci(min(pl['decays']['adam']))} .. {sci(max(pl['decays']['adam']))} in decades). Setting: "
+                  f"{p['task']}, {p['model']}, batch {p['batch_size']}, {p['epochs']} epochs, {p['schedule']}.", ""]
     return claims, lines
 
 
