@@ -1,6 +1,6 @@
 """Run the benchmarks and regenerate bench/RESULTS.md.
 
-    python -m bench all             # everything, ~45 minutes on 2 CPU cores
+    python -m bench all             # everything, ~85 minutes on 2 CPU cores (search_quality ~30 of them)
     python -m bench all --quick     # a reduced run of each (CI: well-formed results, < 3 minutes)
     python -m bench all --only clr,sgdr
     python -m bench report          # RESULTS.md from bench/results/*.json, nothing re-run
