@@ -86,13 +86,13 @@ def lrtune(tmp: Path, task: str, seed: int, trials: int, seeded: bool) -> dict:
     extensions = search.band_extensions(cfg.tracking.optuna_storage, r.name) if seeded else []
     return dict(values=values, epochs=[int(t["result"].get("epoch", 0)) for t in done], wall_s=wall,
                 range_test_s=r.range_test_seconds, extensions=extensions,
-                seeds={k: dict(max_lr=v.max_lr, band=v.lr_band) for k, v in (r.seeds or {}).items()},
+                priors={k: dict(max_lr=v.max_lr, band=v.lr_band) for k, v in (r.priors or {}).items()},
                 configs=[{k: t["config"].get(k) for k in ("optimizer", "schedule", "lr", "max_lr", "weight_decay")}
                          for t in done])
 
 
 def peer(tmp: Path, task: str, seed: int, trials: int, searcher: str) -> dict:
-    os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)  # lrtune's sweep set it; a user's script has Tune's defaults
+    os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)  # a user's script has Tune's defaults
     with contextlib.redirect_stdout(io.StringIO()):
         r = handwritten.run(spec(task), MODEL, EPOCHS, BATCH, trials, seed, search=searcher,
                             storage=str(tmp / f"peer-{searcher}"), mlflow_uri=f"sqlite:///{tmp}/mlflow.db",
@@ -176,13 +176,14 @@ def rule_distances(parts: dict, seeds: list[int]) -> dict:
         for opt in ("adamw", "sgdw"):
             d = []
             for s in seeds:
-                seed = by_seed[s]["lrtune"]["seeds"].get(opt)
+                lrtune = by_seed[s]["lrtune"]
+                prior = lrtune.get("priors", lrtune.get("seeds", {})).get(opt)  # "seeds": parts stored before the rename
                 found = [(v, c.get("max_lr") or c.get("lr")) for m in SWEEPS for c, v in
                          zip(by_seed[s][m]["configs"], by_seed[s][m]["values"])
                          if v is not None and c["schedule"] == "one_cycle"
                          and {"sgd": "sgdw"}.get(c["optimizer"], c["optimizer"]) == opt]
-                if seed and found:
-                    d.append(math.log10(max(found)[1] / seed["max_lr"]))
+                if prior and found:
+                    d.append(math.log10(max(found)[1] / prior["max_lr"]))
             out[task][opt] = d
     return out
 

@@ -128,7 +128,7 @@ def main(argv=None):
 
 
 def _pick_run(workflow: dict, seed: int) -> dict:
-    w = dict(workflow, seed=seed, seeds=1)
+    w = dict(workflow, seed=seed, replicas=1)
     return dict(recipe=RECIPES[-1], seed=seed, workflow=w, range_test_s=0.0, accuracy=train(w))
 
 

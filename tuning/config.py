@@ -224,8 +224,9 @@ class SweepConfig(_Strict):
     # A trial checkpoints after an epoch once this many seconds have passed since its last checkpoint
     # (or its start), and after its last epoch; 0: after every epoch. A lost node or a killed driver
     # costs each running trial at most max(one epoch, this). Each checkpoint is a second round trip to
-    # Tune's driver (its save() call) that the trial waits on, and Tune's own bookkeeping: 32 MNIST-1D
-    # trials of 20 epochs took 1.17x their plain trainings with 0 and 1.03x with 10 (bench/overhead.py).
+    # Tune's driver (its save() call) that the trial waits on, and Tune's own bookkeeping; on 32 MNIST-1D
+    # trials of 20 epochs (~0.35 s an epoch) the two were within noise in the latest run: 1.06x their plain
+    # trainings with 0, 1.07x with 10 (bench/results/overhead.json). Shorter epochs make 0 cost more.
     checkpoint_every_s: float = Field(10.0, ge=0)
     # Checkpoints kept per trial (the oldest deleted). Tune rewrites its whole experiment state (~25 kB a
     # trial) every `keep_checkpoints` checkpoints so that no state names a deleted checkpoint.
