@@ -4,6 +4,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.stores import mlflow_store
+
 
 def write(tmp_path, cfg: dict) -> Path:
     path = tmp_path / "sweep.yaml"
@@ -11,9 +13,11 @@ def write(tmp_path, cfg: dict) -> Path:
     return path
 
 
-def local(cfg: dict, tmp_path) -> dict:
-    cfg = dict(cfg)
-    cfg["tracking"] = dict(mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment=cfg.get("name", "t"),
+def local(cfg: dict, tmp_path, store: bool = True) -> dict:
+    """`cfg` with its stores and results in `tmp_path`; its MLflow store made (tests.stores) unless
+    `store` is False: for a test that the sweep itself creates nothing."""
+    cfg, db = dict(cfg), Path(tmp_path) / "mlflow.db"
+    cfg["tracking"] = dict(mlflow_uri=mlflow_store(db) if store else f"sqlite:///{db}", experiment=cfg.get("name", "t"),
                            optuna_storage=f"sqlite:///{tmp_path}/optuna.db")
     cfg["storage_path"] = str(tmp_path / "ray_results")
     return cfg

@@ -44,6 +44,7 @@ def test_bad_input_exits_2_naming_the_argument(argv, needle, capsys, tmp_path):
     assert not plot.exists()
 
 
+@pytest.mark.slow  # a fresh process
 def test_console_script_is_installed():
     """The `lrtune` script pip installed beside this Python (the venv's bin/), not `python -m`."""
     script = Path(sys.executable).parent / "lrtune"

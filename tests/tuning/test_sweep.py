@@ -338,7 +338,7 @@ def test_log_best_model_logs_the_best_trials_model_to_its_run(ray_session, tmp_p
 def test_config_errors_exit_2_naming_the_key_before_anything_starts(cfg, needle, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
-        main(["sweep", str(_write(tmp_path, _local(cfg, tmp_path)))])
+        main(["sweep", str(_write(tmp_path, _local(cfg, tmp_path, store=False)))])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert needle in err, err

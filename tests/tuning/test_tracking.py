@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.stores import mlflow_store
 from tuning.tracking.callback import TrialRuns
 from tuning.tracking.writer import SweepRecord
 
@@ -14,7 +15,7 @@ def _trial(trial_id, **config):
 
 
 def test_a_dying_sweep_leaves_no_trial_run_open(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_store(tmp_path / "mlflow.db")
     sweep = SweepRecord(uri, "exp", "s-1", {"epochs": 3})
     runs = TrialRuns(sweep)
     done, cut = _trial("a", lr=0.1), _trial("b", lr=0.2)
@@ -38,7 +39,7 @@ def test_a_dying_sweep_leaves_no_trial_run_open(tmp_path):
 def test_each_trial_run_gets_its_schedule_plot_drawn_by_the_actor_after_it_ends(ray_session, tmp_path):
     from tuning.plots import schedule_png_in_ray
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_store(tmp_path / "mlflow.db")
     sweep = SweepRecord(uri, "exp", "s-1", {"epochs": 2})
     runs = TrialRuns(sweep, schedule_png_in_ray)
     schedules = dict(a=dict(schedule="one_cycle", max_lr=0.1), b=dict(schedule="constant", lr=1e-3),
@@ -78,7 +79,7 @@ def test_experiments_keep_their_artifacts_beside_a_sqlite_store_not_in_the_worki
 
     store = tmp_path / "store"
     store.mkdir()
-    uri = f"sqlite:///{store}/mlflow.db"
+    uri = mlflow_store(store / "mlflow.db")
     sweep = SweepRecord(uri, "exp", "s-1", {"epochs": 3})
     MlflowClient(uri).log_text(sweep.run_id, "x", "note.txt")
     train = TrainRun(uri, "trained", dict(optimizer="adamw", schedule="constant", lr=0.01))

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from trainables.loops import train_workflow
 from trainables.tasks import load_task
 from trainables.loops import as_computed
+from tests.stores import mlflow_store
 from tuning.cli import main
 from tuning.tracking.store import WORKFLOW_ARTIFACT, read_artifact
 from tuning.tracking.writer import SweepRecord
@@ -72,7 +73,7 @@ def _model_of(client, run_id: str, monkeypatch):
 
 
 def test_train_logs_a_run_linked_to_its_sweep_with_metrics_and_a_loadable_model(here, capsys, monkeypatch):
-    uri = f"sqlite:///{here}/t.db"
+    uri = mlflow_store(here / "t.db")
     path, trial_id, parent_id = _exported_trial(uri, here)
     assert yaml.safe_load(open(path))["origin"] == dict(run_id=trial_id, sweep_run_id=parent_id,
                                                         experiment="exp", tracking_uri=uri)
@@ -114,13 +115,13 @@ def test_train_logs_a_run_linked_to_its_sweep_with_metrics_and_a_loadable_model(
 
 
 def test_save_writes_a_model_that_loads_and_predicts_the_same(here, capsys, monkeypatch):
-    path = _write(here / "wf.yaml", WORKFLOW)
+    path, uri = _write(here / "wf.yaml", WORKFLOW), mlflow_store(here / "t.db")
     assert main(["train", path, "--save", str(here / "out" / "model"), "--json",
-                 "--tracking-uri", f"sqlite:///{here}/t.db", "--experiment", "mine"]) == 0
+                 "--tracking-uri", uri, "--experiment", "mine"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["saved"] == str(here / "out" / "model") and summary["model_uri"].startswith("models:/")
     saved = mlflow.pytorch.load_model(str(here / "out" / "model"))
-    client = MlflowClient(f"sqlite:///{here}/t.db")
+    client = MlflowClient(uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert client.get_experiment(run.info.experiment_id).name == "mine"
     assert "mlflow.parentRunId" not in run.data.tags and "lrtune.source_run_id" not in run.data.tags
@@ -159,7 +160,7 @@ def test_no_mlflow_logs_nothing_and_creates_no_store(here, capsys):
 
 
 def test_own_loop_logs_no_model_and_refuses_save_diverged_logs_none_failed_is_failed(here, capsys):
-    uri = f"sqlite:///{here}/t.db"
+    uri = mlflow_store(here / "t.db")
     client = MlflowClient(uri)
     own = dict(WORKFLOW, task="examples.tasks.own_loop:own_loop", epochs=1)
     with pytest.raises(SystemExit) as e:
