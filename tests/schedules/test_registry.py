@@ -272,3 +272,66 @@ def test_a_tiny_sweep_of_each_schedule_trains_with_its_parameters(schedule, opti
     assert config["peak_lr"] == config[spec.peak]
     workflow = parse(workflow_of(config), model=WorkflowConfig)  # re-runnable as exported
     assert math.isfinite(trial["result"]["accuracy"]) and workflow.schedule == schedule
+
+
+# A new schedule as a contributor adds it: its description and its search space, nothing else.
+NEW_SCHEDULE = '''def _cosine(optimizer, total_steps, eta_min=0.0):
+    return CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=eta_min)
+
+
+SCHEDULE_SPECS = (
+    ScheduleSpec("cosine", "one cosine annealing from the optimizer's lr to eta_min", _cosine, peak="lr",
+                 required=(), optional=_params("eta_min"),
+                 cycle_ends=lambda step, total_steps, p: step == total_steps, compare="budget_fractions"),
+'''
+NEW_SPACE = '''@searched("cosine", start=lambda cfg, micro_batches: dict(eta_min_ratio=0.01, momentum=START_MOMENTUM))
+def _cosine(trial, cfg, prior, steps_per_epoch, band=None) -> dict:
+    lr = _lr(trial, prior, "lr", lambda s: s.lr, band)
+    return dict(lr=lr, eta_min=lr * trial.suggest_float("eta_min_ratio", 1e-3, 1e-1, log=True),
+                momentum=trial.suggest_float("momentum", *MOMENTUM))
+
+
+def check_spaces('''
+
+
+@pytest.mark.slow  # a sweep process of its own: Ray, range tests, trials
+def test_a_new_schedule_is_a_description_and_a_search_space(tmp_path):
+    """On a copy of lrtune, `cosine` added as the README's "Extending lrtune" says (an entry in
+    schedules/lr.py's SCHEDULE_SPECS with its builder, a @searched function in tuning/search.py) runs
+    a seeded sweep end to end: the warm start and Optuna's trials train it and MLflow records it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    root, copy = Path(__file__).resolve().parents[2], tmp_path / "lrtune"
+    for package in ("schedules", "trainables", "tuning"):
+        shutil.copytree(root / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    lr = copy / "schedules" / "lr.py"
+    source = lr.read_text().replace("SCHEDULE_SPECS = (\n", NEW_SCHEDULE, 1)
+    lr.write_text(source.replace("from torch.optim.lr_scheduler import (", "from torch.optim.lr_scheduler import (CosineAnnealingLR, ", 1))
+    search = copy / "tuning" / "search.py"
+    search.write_text(search.read_text().replace("def check_spaces(", NEW_SPACE, 1))
+    assert "cosine" in lr.read_text() and "cosine" in search.read_text() and "cosine" not in SCHEDULES
+
+    cfg = dict(name="added", task="digits", model="mlp", epochs=2, batch_size=100, optimizers=["adamw"],
+               schedules=["cosine"], range_test=dict(num_iter=50, weight_decays=[1e-4]),
+               search=dict(num_samples=3, max_concurrent=2), stopping=dict(scheduler="none"),
+               tracking=dict(mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="added",
+                             optuna_storage=f"sqlite:///{tmp_path}/optuna.db"),
+               storage_path=str(tmp_path / "ray_results"))
+    (tmp_path / "added.yaml").write_text(yaml.safe_dump(cfg))
+    done = subprocess.run([sys.executable, "-m", "tuning.cli", "sweep", "added.yaml", "--verbose", "0"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(copy)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    client = MlflowClient(cfg["tracking"]["mlflow_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("added").experiment_id], "tags.`lrtune.kind` = 'trial'")
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    for r in runs:
+        assert r.data.params["schedule"] == "cosine" and float(r.data.params["eta_min"]) < float(r.data.params["lr"])
+        assert math.isfinite(r.data.metrics["accuracy"])
