@@ -305,8 +305,9 @@ def test_a_new_schedule_is_a_description_and_a_search_space(tmp_path):
     import sys
     from pathlib import Path
 
-    import yaml
     from mlflow.tracking import MlflowClient
+
+    from tests.tuning.sweeps import local, write
 
     root, copy = Path(__file__).resolve().parents[2], tmp_path / "lrtune"
     for package in ("schedules", "trainables", "tuning"):
@@ -318,19 +319,16 @@ def test_a_new_schedule_is_a_description_and_a_search_space(tmp_path):
     search.write_text(search.read_text().replace("def check_spaces(", NEW_SPACE, 1))
     assert "cosine" in lr.read_text() and "cosine" in search.read_text() and "cosine" not in SCHEDULES
 
-    cfg = dict(name="added", task="digits", model="mlp", epochs=2, batch_size=100, optimizers=["adamw"],
-               schedules=["cosine"], range_test=dict(num_iter=50, weight_decays=[1e-4]),
-               search=dict(num_samples=3, max_concurrent=2), stopping=dict(scheduler="none"),
-               tracking=dict(mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="added",
-                             optuna_storage=f"sqlite:///{tmp_path}/optuna.db"),
-               storage_path=str(tmp_path / "ray_results"))
-    (tmp_path / "added.yaml").write_text(yaml.safe_dump(cfg))
-    done = subprocess.run([sys.executable, "-m", "tuning.cli", "sweep", "added.yaml", "--verbose", "0"],
+    cfg = local(dict(name="added", task="digits", model="mlp", epochs=2, batch_size=100, optimizers=["adamw"],
+                     schedules=["cosine"], range_test=dict(num_iter=50, weight_decays=[1e-4]),
+                     search=dict(num_samples=3, max_concurrent=2), stopping=dict(scheduler="none")), tmp_path)
+    done = subprocess.run([sys.executable, "-m", "tuning.cli", "sweep", str(write(tmp_path, cfg)), "--verbose", "0"],
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(copy)},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     client = MlflowClient(cfg["tracking"]["mlflow_uri"])
-    runs = client.search_runs([client.get_experiment_by_name("added").experiment_id], "tags.`lrtune.kind` = 'trial'")
+    runs = client.search_runs([client.get_experiment_by_name(cfg["tracking"]["experiment"]).experiment_id],
+                              "tags.`lrtune.kind` = 'trial'")
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
     for r in runs:
         assert r.data.params["schedule"] == "cosine" and float(r.data.params["eta_min"]) < float(r.data.params["lr"])
