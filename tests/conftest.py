@@ -1,10 +1,11 @@
 """Shared by every test: one torch thread and a fixed seed, a temporary working directory (no
 test writes into the repository), one Ray for the tests that need it, and the test lanes.
 
-Lanes: `slow` marks the end-to-end tests, those that use a real Ray, a server, a browser, Lightning
-or fresh processes: found by the fixtures they use (SLOW_FIXTURES), or marked by their modules (those
-that start sweep processes, the import-layer check, the config fuzz test's 3000 documents) or
-themselves (the console script, Lightning's Trainer). The fast lane,
+Lanes: `slow` marks the end-to-end tests, those that use a real Ray, a server, a browser, Lightning,
+fresh processes or many real trainings: found by the fixtures they use (SLOW_FIXTURES), or marked by
+their modules (those that start sweep processes, the import-layer check, the config fuzz test's 3000
+documents) or themselves (the console script, Lightning's Trainer, DataLoader worker processes, the
+stopper on ten real learning curves). The fast lane,
 `python -m pytest -m "not slow"`, takes under a minute; the README's test command (and CI) runs both.
 """
 

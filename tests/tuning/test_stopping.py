@@ -40,6 +40,7 @@ def _feed(scheduler, curves, workflows=WORKFLOWS) -> dict[str, int | None]:
     return stopped
 
 
+@pytest.mark.slow  # its curves are four real trainings of 12 epochs
 def test_asha_kills_the_one_cycle_trial_that_ends_best_schedule_fair_does_not(curves):
     finals = {name: h[-1]["accuracy"] for name, h in curves.items()}
     assert max(finals, key=finals.get) == "one_cycle"  # the premise, on these real curves
@@ -71,6 +72,7 @@ def one_cycle_curves():
             for name, w in ONE_CYCLES.items()}
 
 
+@pytest.mark.slow  # its curves are six real trainings of 12 epochs
 def test_one_cycle_trials_are_compared_like_for_like(one_cycle_curves):
     """1-cycle trials among themselves at the same fraction of the budget: in every one of the 720
     arrival orders of six real 1-cycle trials (max_lr 3e-4 .. 0.1) the eventual best is never
