@@ -1,7 +1,7 @@
 """Every schedule and optimizer description, walked: it builds, it is torch's, it resumes, its cycle
 ends are where its LR trace is at a cycle's minimum, the configs accept and refuse what it says;
-an unknown name is refused everywhere, naming the allowed ones. The last test runs a tiny real
-sweep per schedule (slow)."""
+an unknown name is refused everywhere, naming the allowed ones. The last two tests run real
+sweeps (slow): a tiny one per schedule, and one of a schedule added to a copy of lrtune."""
 
 import math
 
