@@ -104,7 +104,7 @@ def as_computed(v: float) -> float:
     """A metric as the number it is: a float32 result (what torch computes: an accuracy of 0.98 is
     0.98000001907 once widened to float64) as the shortest decimal that reads back as the same
     float32, so that Tune, Optuna, MLflow and the tables all show 0.98."""
-    if math.isfinite(v) and abs(v) <= FLOAT32_MAX and float(np.float32(v)) == v:
+    if abs(v) <= FLOAT32_MAX and float(np.float32(v)) == v:  # False for NaN and inf too
         return float(np.format_float_positional(np.float32(v), unique=True))
     return v  # float64 (a diverged loss beyond float32's range among them: no overflow warning)
 

@@ -65,18 +65,3 @@ def test_seeds_in_lockstep_are_the_mean_of_separate_runs_and_resume_exactly(task
     resumed.load_state_dict(torch.load(buf, weights_only=False))
     assert [resumed.train_epoch()["accuracy_replicas"] for _ in range(2)] == [r["accuracy_replicas"] for r in rest]
     assert resumed.done and resumed.epoch == 3
-
-
-def test_a_metric_is_the_shortest_decimal_of_its_float32_and_a_float64_is_left_alone():
-    import math
-    import warnings
-
-    import numpy as np
-
-    from trainables.loops import as_computed
-
-    assert as_computed(float(np.float32(0.98))) == 0.98 and float(np.float32(0.98)) != 0.98
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a diverged loss far beyond float32's range: no overflow warning
-        assert as_computed(1e300) == 1e300 and as_computed(-1e300) == -1e300
-    assert as_computed(0.1) == 0.1 and math.isnan(as_computed(math.nan)) and as_computed(math.inf) == math.inf

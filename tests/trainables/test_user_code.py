@@ -199,7 +199,8 @@ def _through_and_resumed(task, workflow, stop_after: int):
     return through, resumed
 
 
-@pytest.mark.parametrize("example", ["own_loop", pytest.param("image_folder", marks=pytest.mark.slow)])  # slow: worker processes
+# the image folder's DataLoaders start worker processes: slow
+@pytest.mark.parametrize("example", ["own_loop", pytest.param("image_folder", marks=pytest.mark.slow)])
 def test_stop_and_resume_equals_run_through_for_user_loops_and_loaders(example, tmp_path):
     if example == "own_loop":
         from examples.tasks.own_loop import own_loop as factory
