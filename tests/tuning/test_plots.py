@@ -165,3 +165,20 @@ def test_range_tests_side_by_side_keep_identical_curves_apart_and_mark_the_chose
     assert [m.get_xdata()[0] for m in marks] == [0.02, 0.02] and marks[0].get_ydata()[0] > marks[1].get_ydata()[0]
     assert sum(1 for line in adamw.get_lines() if list(line.get_xdata()) == [0.02, 0.02]) == 2
     assert [line.get_label() for line in sgdw.get_lines() if line.get_label().startswith("wd=")] == ["wd=0: max_lr 0.3"]
+
+
+WORKFLOWS = [  # an LR that spans decades, a constant one (a singular log range), a cycling one
+    dict(optimizer="adamw", schedule="one_cycle", max_lr=0.01, epochs=2, max_momentum=0.95, base_momentum=0.85),
+    dict(optimizer="sgdw", schedule="constant", lr=0.3, epochs=3, momentum=0.9),
+    dict(optimizer="sgdw", schedule="cyclic", max_lr=0.3, base_lr=0.03, step_size_up=20, mode="triangular",
+         epochs=4, momentum=0.9),
+]
+
+
+@pytest.mark.parametrize("before, after", [(a, b) for a in range(3) for b in range(3)])
+def test_a_reused_schedule_figure_draws_what_a_fresh_one_draws(before, after):
+    """The plotter actor keeps one figure and redraws it per trial: nothing of the trial drawn
+    before (limits, ticks, title) may stay in the next one's PNG."""
+    reused = plots.SchedulePlot()
+    reused.png(WORKFLOWS[before], 10)
+    assert reused.png(WORKFLOWS[after], 10) == plots.SchedulePlot().png(WORKFLOWS[after], 10)
