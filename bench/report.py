@@ -125,7 +125,14 @@ def search_quality(p: dict):
 
     shown = [first, *more]
     seeds = len(next(iter(tasks.values()))["rows"]["lrtune"]["best"][str(first)])
-    lines = [f"lrtune's best minus the hand-written sweep's best after the first {', '.join(map(str, shown))} trials "
+    rerun = sorted({(m, r["rerun"]) for by_seed in p.get("parts", {}).values() for part in by_seed.values()
+                    for m, r in part.items() if r.get("rerun")})
+    lines = []
+    for m, day in rerun:
+        lines += [f"{METHODS.get(m, m)} was run again on {day} (`--reuse --rerun {m}`) after a change to it, beside "
+                  "the stored runs of the other methods: its quality and epochs compare as before, its wall time "
+                  "was measured in another run than theirs.", ""]
+    lines += [f"lrtune's best minus the hand-written sweep's best after the first {', '.join(map(str, shown))} trials "
              f"(points of accuracy, or of R² x 100 on the regression tasks; mean ± std over {seeds} search seeds, "
              f"paired by seed), and epochs trained in {last} trials:", ""]
     rows = []
@@ -146,9 +153,10 @@ def search_quality(p: dict):
         lines += md_table(["method", *[f"best of {n}" for n in budgets], f"epochs trained ({budgets[-1]} trials)",
                            "wall time (s)"], rows)
     if p.get("rule_distances"):
+        reach = p.get("rule_error", 1.0)  # results before the band was recorded had RULE_ERROR = 1
         lines += ["lrtune's range-test rule on these held-out tasks: log10(best 1-cycle max_lr any search found / "
-                  "lrtune's suggested max_lr), per search seed, in decades (the search's band reaches 1 decade "
-                  "each way):", ""]
+                  "lrtune's suggested max_lr), per search seed, in decades (the search's band reaches at most "
+                  f"{reach:g} decades each way, less where the range test's curve bounds it):", ""]
         lines += md_table(["task", "AdamW", "SGDW"],
                           [[task, *[", ".join(f"{x:+.2f}" for x in d[o]) or "-" for o in ("adamw", "sgdw")]]
                            for task, d in p["rule_distances"].items()])

@@ -21,7 +21,10 @@ value it was stopped at), mean ± std over search seeds; epochs trained; wall ti
 trainings (fastai, adam) have one value for every budget. Targets (issue 15) are checked and
 printed; results to bench/results/search_quality.json and a quality-vs-budget plot per task.
 `python -m bench.search_quality [--tasks a,b] [--seeds 3] [--quick]`; finished (task, seed)
-pairs are kept in bench/results/search_quality_parts/ and reused with `--reuse`.
+pairs are kept in bench/results/search_quality_parts/ and reused with `--reuse`; `--reuse --rerun
+lrtune` runs only lrtune again (after a change to its seeding) beside the stored runs of the others,
+each re-run marked with its date (`rerun`), so that RESULTS.md can say which wall times are not
+side by side.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from trainables.tasks import load_task
 from trainables.workflow import build_optimizer, fit
 from tuning import search
 from tuning.config import parse
+from tuning.seeding import RULE_ERROR
 from tuning.sweep import init_ray, run_sweep
 
 EPOCHS, BATCH = 10, 64
@@ -128,19 +132,16 @@ def _single(t, history, wall, lr) -> dict:
                 wall_s=wall, lr=lr)
 
 
-def run_pair(task: str, seed: int, trials: int) -> dict:
-    """Every method on one task with one search seed, one after another."""
+def run_pair(task: str, seed: int, trials: int, methods=METHODS) -> dict:
+    """The methods (every one by default) on one task with one search seed, one after another."""
     torch.set_num_threads(1)
-    out = {}
+    runs = dict(lrtune=lambda tmp: lrtune(tmp, task, seed, trials, seeded=True),
+                handwritten=lambda tmp: peer(tmp, task, seed, trials, "tpe"),
+                lrtune_blind=lambda tmp: lrtune(tmp, task, seed, trials, seeded=False),
+                random_asha=lambda tmp: peer(tmp, task, seed, trials, "random"),
+                fastai=lambda tmp: fastai_recipe(task, seed), adam=lambda tmp: adam(task, seed))
     with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        out["lrtune"] = lrtune(tmp, task, seed, trials, seeded=True)
-        out["handwritten"] = peer(tmp, task, seed, trials, "tpe")
-        out["lrtune_blind"] = lrtune(tmp, task, seed, trials, seeded=False)
-        out["random_asha"] = peer(tmp, task, seed, trials, "random")
-    out["fastai"] = fastai_recipe(task, seed)
-    out["adam"] = adam(task, seed)
-    return out
+        return {m: runs[m](Path(d)) for m in runs if m in methods}
 
 
 def best_at(run: dict, n: int) -> float:
@@ -255,7 +256,12 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--reuse", action="store_true", help="reuse finished (task, seed) pairs from an earlier run")
     ap.add_argument("--quick", action="store_true", help="one task, one seed, 4 trials")
+    ap.add_argument("--rerun", default="", help="with --reuse: run these methods again (comma-separated, "
+                    "e.g. lrtune after a change to the seeding) and keep the others' stored runs")
     args = ap.parse_args(argv)
+    rerun = [m for m in args.rerun.split(",") if m]
+    if [m for m in rerun if m not in METHODS] or (rerun and not args.reuse):
+        ap.error(f"--rerun: methods among {', '.join(METHODS)}, with --reuse (got {args.rerun!r})")
     tasks = args.tasks.split(",") if not args.quick else ["tanh_deep"]
     seeds = list(range(1 if args.quick else args.seeds))
     global BUDGETS
@@ -270,11 +276,15 @@ def main(argv=None):
         parts[task] = {}
         for s in seeds:
             path = PARTS / f"{task}-{s}{'-quick' if args.quick else ''}.json"
+            trials = 4 if args.quick else (LONG_BUDGET if task == LONG_TASK else max(BUDGETS))
             if args.reuse and path.is_file():
                 parts[task][s] = json.loads(path.read_text())
-                continue
-            trials = 4 if args.quick else (LONG_BUDGET if task == LONG_TASK else max(BUDGETS))
-            parts[task][s] = run_pair(task, s, trials)
+                if not rerun:
+                    continue
+                for m, run in run_pair(task, s, trials, rerun).items():
+                    parts[task][s][m] = dict(run, rerun=time.strftime("%Y-%m-%d"))
+            else:
+                parts[task][s] = run_pair(task, s, trials)
             path.write_text(json.dumps(parts[task][s], default=float))
             print(f"{task} seed {s}: " + ", ".join(
                 f"{m} {best_at(parts[task][s][m], 16):.4f}" for m in METHODS), flush=True)
@@ -305,7 +315,7 @@ def main(argv=None):
     finish("search_quality", args.quick,
            dict(epochs=EPOCHS, batch_size=BATCH, seeds=seeds, tasks=summary, headline=headline,
                 targets=[dict(target=a, met=b, measured=c) for a, b, c in checks], band_extensions=ext,
-                rule_distances=distances,
+                rule_distances=distances, rule_error=RULE_ERROR,
                 wall_s=time.perf_counter() - t0, parts=parts),
            figures=figures, params=dict(tasks=",".join(tasks), seeds=len(seeds)),
            metrics={f"{task}_lrtune_best16": float(np.mean(summary[task]["rows"]["lrtune"]["best"][

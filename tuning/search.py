@@ -12,7 +12,7 @@ the range test the best runs lie); the absolute values (`lr`, `max_lr`, `weight_
 `lambda_norm`) go into the trial's config. `Bands` extends an LR band while the search runs when its
 best trial sits at an edge. Without a prior (blind mode, `search.seeded: false`) LR and decay are
 searched directly over the wide ranges. The warm start (`start_points`) runs the suggestions
-themselves and a point in the larger side of each band before the sampler takes over.
+themselves and points in the middle of each side of each band before the sampler takes over.
 """
 
 from __future__ import annotations
@@ -294,11 +294,14 @@ def start_points(cfg: SweepConfig, micro_batches: int,
                  priors: dict[str, OptimizerPrior] | None = None) -> list[dict]:
     """The warm start, round by round across the seeded optimizers (so that a short sweep tries
     every optimizer): the first schedule (1-cycle by default) at the range test's suggestion, then
-    at the middle of the band's larger side (above the suggestion for AdamW, whose band reaches
-    RULE_ERROR up, where the optimum lies when the rule suggests too low, as for models without
-    normalisation layers; below it for SGD, whose suggestion sits near the divergence edge), then
-    every other schedule at the suggestion. An optimizer without a prior (blind mode) gets none:
-    the blind search starts where its sampler does."""
+    at the middle of the band's larger side, then at the middle of its other side when that side
+    reaches MIN_SIDE decades, then every other schedule at the suggestion. The band's sides are
+    the curve's bounds within the rule's measured error (seeding.lr_band), so the larger side is
+    where the curve leaves the most room: above the suggestion when the descent begins close below
+    it (as on the CNN without normalisation layers, where the optimum lies above); below it for SGD,
+    whose suggestion sits 0.4 decades under the divergence edge, and where the rule's error reaches
+    furthest (as on the BatchNorm models, where the optimum lies below). An optimizer without a
+    prior (blind mode) gets none: the blind search starts where its sampler does."""
     seeded = [(o, priors[o]) for o in cfg.optimizers if o in (priors or {})]
 
     def point(optimizer, prior, schedule, shift=0.0):
@@ -308,16 +311,23 @@ def start_points(cfg: SweepConfig, micro_batches: int,
         return dict(p, **STARTS[schedule](cfg, micro_batches))
 
     first, *others = cfg.schedules
-    rounds = [[point(o, s, first) for o, s in seeded],
-              [point(o, s, first, _larger_side(s) / 2) for o, s in seeded if _larger_side(s)]]
+    rounds = [[point(o, s, first) for o, s in seeded]]
+    rounds += [[point(o, s, first, side / 2) for o, s in seeded if abs(side := _sides(s)[k]) >= MIN_SIDE]
+               for k in (0, 1)]
     rounds += [[point(o, s, schedule) for o, s in seeded] for schedule in others]
     return [p for r in rounds for p in r]
 
 
-def _larger_side(prior: OptimizerPrior) -> float:
-    """The end of the band's larger side, in decades from the suggestion (a tie goes up)."""
+# Decades: a side of the band shorter than this gets no warm-start point of its own (its middle
+# would lie within a quarter decade of the suggestion, the grid step of bench/suggestion.py).
+MIN_SIDE = 0.5
+
+
+def _sides(prior: OptimizerPrior) -> tuple[float, float]:
+    """The ends of the band's larger and smaller sides, in decades from the suggestion (a tie: up
+    first)."""
     lo, hi = prior.shifts
-    return hi if hi >= -lo else lo
+    return (hi, lo) if hi >= -lo else (lo, hi)
 
 
 class _FinalValueSearch(OptunaSearch):

@@ -40,10 +40,12 @@ from trainables.workflow import task_range_test
 from . import stores
 from .config import SweepConfig
 
-# Decades: the worst |log10(suggested max_lr / grid-best max_lr)| measured — 0.97 in
-# bench/suggestion.py (mnist1d/cnn, AdamW, one of 3 seeds; tests/tuning/test_seeding.py checks the
-# stored result against it), 0.73 on bench/heldout.py's CNN without normalisation layers.
-RULE_ERROR = 1.0
+# Decades: the worst |log10(suggested max_lr / grid-best max_lr)| that bench/suggestion.py has
+# measured for one seed's range test, over its calibration tasks and bench/heldout.py's six held-out
+# ones (bench/results/suggestion*.json; tests/tuning/test_seeding.py checks both against it): 1.615,
+# SGD on digits_small_bn, where the rule suggests too high (as on both BatchNorm models there). On
+# the calibration tasks alone it was 0.97 (mnist1d/cnn, AdamW, too low).
+RULE_ERROR = 1.62
 BLIND_LR = (1e-5, 1.0)  # the blind search's LR range (tuning/search.py): no band is wider
 DECAY_BAND = 1.0  # decades
 DECAY_TIE = 0.1  # decades of max_lr within which decays count as equally good

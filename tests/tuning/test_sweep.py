@@ -74,12 +74,14 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
         # metrics as the numbers the task computed (float32 accuracies), not their float64 widening
         assert repr(t.data.metrics["accuracy"]) == str(np.float32(t.data.metrics["accuracy"]))
         assert [a.path for a in client.list_artifacts(t.info.run_id)] == ["lr_schedule.png", "workflow.yaml"]
-    # the four warm-start points: 1-cycle for each optimizer at its seed, then in its band's larger half
+    # the first four warm-start points: 1-cycle for each optimizer at its seed, then in the middle of
+    # its band's larger side (both bands here reach beyond MIN_SIDE on their larger side)
     priors_ = {o: OptimizerPrior.from_dict(v) for o, v in priors.items()}
     starts = sorted((t.data.params["optimizer"], float(t.data.params["lr_shift"])) for t in trials)
     assert {t.data.tags["schedule"] for t in trials} == {"one_cycle"}
+    assert all(abs(search._sides(s)[0]) >= search.MIN_SIDE for s in priors_.values())
     assert starts == sorted([(o, 0.0) for o in ("adamw", "sgdw")] + [
-        (o, round((s.shifts[1] if s.shifts[1] >= -s.shifts[0] else s.shifts[0]) / 2, 3)) for o, s in priors_.items()])
+        (o, round(search._sides(s)[0] / 2, 3)) for o, s in priors_.items()])
     assert max(t.data.metrics["accuracy"] for t in trials) > 0.8
     # the parent run is the sweep's summary: best metric and run, counts, the best workflow, a note
     best = max(trials, key=lambda t: t.data.metrics["accuracy"])
@@ -100,7 +102,9 @@ def test_smoke_sweep_end_to_end_run_tree(smoke):
     # the progress: a line per range test as it finishes; the short warm start said so
     assert sorted(line.split(":")[0] for line in smoke.out.splitlines() if line.startswith("range test ")) == [
         f"range test {i}/4" for i in range(1, 5)]
-    assert "search.num_samples=4 runs 4 of the 10 warm-start points" in smoke.out
+    # 2 at the suggestions, 2 on the larger sides, one per other side that reaches MIN_SIDE, 3 schedules x 2
+    others = sum(abs(search._sides(s)[1]) >= search.MIN_SIDE for s in priors_.values())
+    assert f"search.num_samples=4 runs 4 of the {10 + others} warm-start points" in smoke.out
     # --verbose 1: Ray Tune's trial table with lrtune's columns, no box per trial
     header = next(line for line in smoke.out.splitlines() if line.startswith("| Trial name"))
     assert [c.strip() for c in header.strip("|").split("|")][3:7] == ["optimizer", "schedule", "peak_lr",
@@ -579,28 +583,32 @@ def test_any_metric_name_and_a_min_mode_end_to_end(ray_session, tmp_path, monkey
 
 
 def test_the_search_extends_a_band_whose_best_trial_sits_at_its_edge(ray_session, tmp_path, capsys):
-    """A real sweep (Ray, Optuna, MLflow) where a higher LR always scores better: after the warm
-    start and a point at the band's top, the band extends up; the sweep prints it, later trials
-    sample the wider band, and the parent run records it."""
-    cfg = _local(dict(name="edge", task="tests.tuning.user_tasks:higher_lr_wins", model="linear", epochs=1,
+    """A real sweep (Ray, Optuna, MLflow) where a lower LR always scores better: after the warm
+    start and a point at the band's bottom, the band extends down; the sweep prints it, later
+    trials sample the wider band, and the parent run records it. (Down: on this task the band's top
+    is the blind range's 1.0, which no band passes.)"""
+    cfg = _local(dict(name="edge", task="tests.tuning.user_tasks:lower_lr_wins", model="linear", epochs=1,
                       batch_size=50, optimizers=["adamw"], schedules=["one_cycle"],
                       range_test=dict(num_iter=60, weight_decays=[0]),
                       search=dict(num_samples=6, max_concurrent=1,
-                                  points_to_evaluate=[dict(optimizer="adamw", schedule="one_cycle", lr_shift=0.95),
-                                                      dict(optimizer="adamw", schedule="one_cycle", lr_shift=-0.1)]),
+                                  points_to_evaluate=[dict(optimizer="adamw", schedule="one_cycle", lr_shift=-0.15),
+                                                      dict(optimizer="adamw", schedule="one_cycle", lr_shift=0.3)]),
                       stopping=dict(scheduler="none")), tmp_path)
     assert main(["sweep", str(_write(tmp_path, cfg)), "--verbose", "0"]) == 0
     out = capsys.readouterr().out
     client, parents, trials, _ = _runs(tmp_path, "edge")
     seed = OptimizerPrior.from_dict(json.loads(read_artifact(client, parents[0].info.run_id, "priors.json"))["adamw"])
     lo, hi = seed.shifts
-    assert hi > 0.95 and "adamw's best trial so far" in out and "extended up" in out
+    # the warm start: the suggestion and the middle of the larger (upper) side; the lower side is
+    # too short for a point of its own, and -0.15 lies in its outer 15 %
+    assert -search.MIN_SIDE < lo < -0.15 <= lo + search.Bands.EDGE * (hi - lo)
+    assert "adamw's best trial so far" in out and "extended down" in out
     study = optuna.load_study(study_name=parents[0].info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
-    highs = [t.distributions["lr_shift"].high for t in sorted(study.trials, key=lambda t: t.number)]
-    assert highs[:4] == pytest.approx([hi] * 4)  # the warm start's 2 and the 2 points: the range test's band
-    assert highs[-1] == pytest.approx(min(hi + search.Bands.STEP, math.log10(search.LR_RANGE[1] / seed.max_lr)))
+    lows = [t.distributions["lr_shift"].low for t in sorted(study.trials, key=lambda t: t.number)]
+    assert lows[:4] == pytest.approx([lo] * 4)  # the warm start's 2 and the 2 points: the range test's band
+    assert lows[-1] == pytest.approx(max(lo - search.Bands.STEP, math.log10(search.LR_RANGE[0] / seed.max_lr)))
     events = json.loads(read_artifact(client, parents[0].info.run_id, "band_extensions.json"))
-    assert events[0]["side"] == "up" and events[0]["trial"] == 2  # the 0.95 point
+    assert events[0]["side"] == "down" and events[0]["trial"] == 2  # the -0.15 point
     assert client.get_run(parents[0].info.run_id).data.tags["lrtune.band.adamw"].startswith("max_lr ")
 
 

@@ -196,17 +196,17 @@ def mae_task() -> Task:
                 loss_fn=nn.functional.mse_loss, metric=mae, metric_name="mae", mode="min")
 
 
-def higher_lr_wins() -> Task:
-    """A task whose score is log10 of the trial's peak LR: the best trial always sits at the top of
-    the band (a range test runs on the linear regression; the loop only reports)."""
+def lower_lr_wins() -> Task:
+    """A task whose score is -log10 of the trial's peak LR: the best trial always sits at the bottom
+    of the band (a range test runs on the linear regression; the loop only reports)."""
     import math
 
     x, y = _regression()
 
     def train(workflow: dict, report) -> None:
-        report({"score": math.log10(workflow["max_lr"])})
+        report({"score": -math.log10(workflow["max_lr"])})
 
-    return Task("higher_lr_wins", (x[:400], y[:400]), (x[400:], y[400:]), models={"linear": lambda: nn.Linear(4, 1)},
+    return Task("lower_lr_wins", (x[:400], y[:400]), (x[400:], y[400:]), models={"linear": lambda: nn.Linear(4, 1)},
                 loss_fn=nn.functional.mse_loss, metric_name="score", train_fn=train)
 
 
