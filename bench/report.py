@@ -113,9 +113,16 @@ def search_quality(p: dict):
     far = {name: t["ceiling"] - best(t, "lrtune", last).mean() for name, t in tasks.items()}
     near = [name for name, gap in far.items() if gap <= 0.005]
     target = f"after {last} trials within 0.5 pt of the best any method reached"
+    # the mean over seeds against the best of every method's every seed: a seed-to-seed spread
+    # alone puts the mean below that; the best seed says whether the seeded space caps the result
+    capped = [name for name, t in tasks.items() if t["ceiling"] - best(t, "lrtune", last).max() > 0.005]
+    spread = max(best(t, "lrtune", last).std() for t in tasks.values())
     claims.append([f"Seeded search within 0.5 pt of the best any method reached, after {last} trials", "best of any "
-                   "method in any seed", f"within on {len(near)} of {len(tasks)} tasks; furthest "
-                   f"{max(far, key=far.get)} {100 * max(far.values()):.1f} pt below",
+                   "method in any seed", f"within on {len(near)} of {len(tasks)} tasks (mean over seeds); furthest "
+                   f"{max(far, key=far.get)} {100 * max(far.values()):.1f} pt below. lrtune's best seed within "
+                   f"0.5 pt on {len(tasks) - len(capped)} of {len(tasks)}"
+                   + (f" (not on {', '.join(capped)})" if capped else "")
+                   + f"; the std of lrtune's result over seeds reaches {100 * spread:.1f} pt",
                    target_verdict(met.get(target, len(near) == len(tasks)))])
     ep = {m: sum(np.mean(t["rows"][m]["epochs"][str(last)]) for t in tasks.values()) for m in ("lrtune", "handwritten")}
     claims.append([f"Seeded search trains no more epochs than the hand-written sweep ({last} trials)", f"hand-written "
@@ -142,6 +149,7 @@ def search_quality(p: dict):
                      f"{np.mean(t['rows']['lrtune']['epochs'][str(last)]):.0f} / "
                      f"{np.mean(t['rows']['handwritten']['epochs'][str(last)]):.0f}"])
     lines += md_table(["task", "metric", *[f"after {n} trials" for n in shown], "epochs, lrtune / hand-written"], rows)
+    lines += _why_missed(p, tasks, best, behind, more, last)
     for name, t in tasks.items():
         budgets = [str(n) for n in t["budgets"]]
         metric = "R²" if name in R2_TASKS else "accuracy"
@@ -161,6 +169,39 @@ def search_quality(p: dict):
                           [[task, *[", ".join(f"{x:+.2f}" for x in d[o]) or "-" for o in ("adamw", "sgdw")]]
                            for task, d in p["rule_distances"].items()])
     return claims, lines
+
+
+def _why_missed(p: dict, tasks: dict, best, behind, budgets: list[int], last: int) -> list[str]:
+    """The missed search-quality targets, each with what the runs show of its reason."""
+    out = []
+    for n in budgets:
+        for name in [b.split(" ")[0] for b in behind(n)]:
+            t = tasks[name]
+            lr, hw = best(t, "lrtune", n), best(t, "handwritten", n)
+            noise = max(lr.std(), hw.std())
+            out.append(f"- After {n} trials lrtune is behind the hand-written sweep on {name} by "
+                       f"{100 * (hw.mean() - lr.mean()):.2f} pt in the mean over seeds"
+                       + (f", less than the seed-to-seed std of either sweep ({100 * noise:.2f} pt): three "
+                          "seeds do not tell them apart." if hw.mean() - lr.mean() < noise else "."))
+    parts = [part for by_seed in p.get("parts", {}).values() for part in by_seed.values()]
+    ep = {m: sum(np.mean(t["rows"][m]["epochs"][str(last)]) for t in tasks.values()) for m in ("lrtune", "handwritten")}
+    if parts and ep["lrtune"] > ep["handwritten"]:
+        runs = [(c.get("schedule"), e) for part in parts for c, e in
+                zip(part["lrtune"]["configs"][:last], part["lrtune"]["epochs"][:last])]
+        one = [e for sched, e in runs if sched == "one_cycle"]
+        rest = [e for sched, e in runs if sched != "one_cycle"]
+        peer = [e for part in parts for e in part["handwritten"]["epochs"][:last]]
+        out.append(f"- Epochs: lrtune's trials trained {np.mean([e for _, e in runs]):.1f} epochs on average "
+                   f"(its {len(one)} 1-cycle trials {np.mean(one):.1f}, the {len(rest)} others "
+                   f"{np.mean(rest):.1f}), the hand-written sweep's {np.mean(peer):.1f}. ASHA compares every trial "
+                   "with every other after 1, 3 and 9 epochs, whatever its schedule. lrtune compares a trial only "
+                   "where its schedule makes it comparable, and only with trials at the same point: a 1-cycle trial "
+                   "at half and three quarters of its budget, a CLR or SGDR trial at its cycle ends "
+                   "(tuning/stopping.py). Its first comparison comes later and finds fewer trials to compare with. "
+                   "Comparing 1-cycle trials earlier, during the warm-up, stops the one that ends best "
+                   "(tests/tuning/test_stopping.py, on real curves): this target and the issue's like-for-like "
+                   "rule pull apart, and lrtune keeps the rule.")
+    return ["Where a target is missed, what the runs show:", "", *out, ""] if out else []
 
 
 def short_trials(p: dict):
