@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench.__main__ import BENCHMARKS
-from bench.report import TITLES
+from bench.report import METHODS, TITLES, search_quality
 
 pytestmark = pytest.mark.slow  # end to end (tests/conftest.py)
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,3 +43,16 @@ def test_bench_all_quick_writes_well_formed_results(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("bench").experiment_id], max_results=100)
     assert sorted(r.data.tags["bench"] for r in runs) == sorted(f"{n}_quick" for n in BENCHMARKS)
     assert all(r.info.status == "FINISHED" for r in runs)
+
+    # --reuse --rerun: one method runs again beside the others' stored runs, marked so, and the
+    # report says its wall time is from another run
+    part = tmp_path / "search_quality_parts" / "tanh_deep-0-quick.json"
+    before = json.loads(part.read_text())
+    done = subprocess.run([sys.executable, "-m", "bench.search_quality", "--quick", "--reuse", "--rerun", "adam"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    after = json.loads(part.read_text())
+    assert {m: r for m, r in after.items() if m != "adam"} == {m: r for m, r in before.items() if m != "adam"}
+    assert "rerun" in after["adam"] and "rerun" not in before["adam"]
+    _, lines = search_quality(json.loads((tmp_path / "search_quality_quick.json").read_text()))
+    assert any(line.startswith(f"{METHODS['adam']} was run again on {after['adam']['rerun']}") for line in lines)
