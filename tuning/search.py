@@ -40,6 +40,9 @@ DECAY_SHIFT = (-0.5, 0.5)  # decades around the chosen decay's λ_norm: a one-de
 MOMENTUM = (0.85, 0.95)
 MAX_MOMENTUM, BASE_MOMENTUM = (0.9, 0.99), (0.8, 0.9)
 START_MOMENTUM = 0.9  # the warm start's momentum (or beta1) for a schedule that does not cycle it
+# Decades: a side of the LR band shorter than this gets no warm-start point of its own (its middle
+# would lie within a quarter decade of the suggestion, the grid step of bench/suggestion.py).
+MIN_SIDE = 0.5
 
 
 def _sgdr_plans(epochs: int, steps_per_epoch: int) -> dict[str, dict]:
@@ -316,11 +319,6 @@ def start_points(cfg: SweepConfig, micro_batches: int,
                for k in (0, 1)]
     rounds += [[point(o, s, schedule) for o, s in seeded] for schedule in others]
     return [p for r in rounds for p in r]
-
-
-# Decades: a side of the band shorter than this gets no warm-start point of its own (its middle
-# would lie within a quarter decade of the suggestion, the grid step of bench/suggestion.py).
-MIN_SIDE = 0.5
 
 
 def _sides(prior: OptimizerPrior) -> tuple[float, float]:
