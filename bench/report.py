@@ -191,9 +191,10 @@ def _why_missed(p: dict, tasks: dict, best, behind, budgets: list[int], last: in
         one = [e for sched, e in runs if sched == "one_cycle"]
         rest = [e for sched, e in runs if sched != "one_cycle"]
         peer = [e for part in parts for e in part["handwritten"]["epochs"][:last]]
+        kinds = ", ".join(f"{label} {np.mean(e):.1f}" for label, e in
+                          ((f"its {len(one)} 1-cycle trials", one), (f"the {len(rest)} others", rest)) if e)
         out.append(f"- Epochs: lrtune's trials trained {np.mean([e for _, e in runs]):.1f} epochs on average "
-                   f"(its {len(one)} 1-cycle trials {np.mean(one):.1f}, the {len(rest)} others "
-                   f"{np.mean(rest):.1f}), the hand-written sweep's {np.mean(peer):.1f}. ASHA compares every trial "
+                   f"({kinds}), the hand-written sweep's {np.mean(peer):.1f}. ASHA compares every trial "
                    "with every other after 1, 3 and 9 epochs, whatever its schedule. lrtune compares a trial only "
                    "where its schedule makes it comparable, and only with trials at the same point: a 1-cycle trial "
                    "at half and three quarters of its budget, a CLR or SGDR trial at its cycle ends "
