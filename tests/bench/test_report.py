@@ -36,3 +36,18 @@ def test_results_md_opens_with_the_claims_table(tmp_path, monkeypatch):
     assert "| claim " in text[:first_section] and "| verdict" in text[:first_section]
     for title in report.TITLES.values():
         assert f"## {title}" in text
+
+
+def test_every_missed_search_quality_target_says_why():
+    """RESULTS.md's "Where a target is missed" has a line for each search-quality target the stored
+    result misses, and none when a target is met."""
+    payload = json.loads((STORED / "search_quality.json").read_text())
+    claims, lines = report.search_quality(payload)
+    missed = {row[0] for row in claims if row[3] == "missed"}
+    said = [line for line in lines if line.startswith("- ")]
+    starts = {"after 4 trials, on average": "- After 4 trials", "after 8 trials on every task": "- After 8 trials",
+              "after 16 trials on every task": "- After 16 trials", "within 0.5 pt": "- Within 0.5 pt",
+              "no more epochs": "- Epochs"}
+    for claim in (row[0] for row in claims):
+        key = next(k for k in starts if k in claim)
+        assert any(line.startswith(starts[key]) for line in said) == (claim in missed), claim
