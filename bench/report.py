@@ -86,30 +86,36 @@ def search_quality(p: dict):
     met = {t["target"]: t["met"] for t in p.get("targets", [])}
 
     def behind(n: int) -> list[str]:
+        """The tasks where lrtune is not ahead after n trials, in the mean and in 2 of 3 seeds."""
         out = []
         for name, t in tasks.items():
             lr, hw = best(t, "lrtune", n), best(t, "handwritten", n)
             if not (lr.mean() >= hw.mean() and (lr >= hw).sum() >= math.ceil(2 * len(lr) / 3)):
-                out.append(f"{name} {pm(lr)} vs {pm(hw)}, ahead in {(lr >= hw).sum()} of {len(lr)} seeds")
+                out.append(name)
         return out
+
+    def versus(name: str, n: int) -> str:
+        lr, hw = best(tasks[name], "lrtune", n), best(tasks[name], "handwritten", n)
+        return f"{name} {pm(lr)} vs {pm(hw)}, ahead in {(lr >= hw).sum()} of {len(lr)} seeds"
 
     # the budgets every task has: 4, 8, 16 trials (a quick run's 2, 4, ...)
     first, *more = sorted(set.intersection(*(set(t["budgets"]) for t in tasks.values())))[:3]
     last = more[-1] if more else first
     peer = "hand-written sweep (Ray Tune + Optuna TPE + ASHA), same trials"
-    gains = [best(t, "lrtune", first).mean() - best(t, "handwritten", first).mean() for t in tasks.values()]
+    gains = {name: best(t, "lrtune", first).mean() - best(t, "handwritten", first).mean() for name, t in tasks.items()}
     target = f"lrtune >= handwritten + 1 pt on average after {first} trials"
     claims.append([f"Seeded search beats the hand-written sweep by >= 1 pt after {first} trials, on average over "
                    f"{len(tasks)} held-out tasks", peer,
-                   f"{pt(gains)} (mean ± std over tasks; per task {min(gains) * 100:+.1f} .. "
-                   f"{max(gains) * 100:+.1f} pt)", target_verdict(met.get(target, np.mean(gains) >= 0.01))])
+                   f"{pt(list(gains.values()))} (mean ± std over tasks; per task {min(gains.values()) * 100:+.1f} .. "
+                   f"{max(gains.values()) * 100:+.1f} pt)",
+                   target_verdict(met.get(target, np.mean(list(gains.values())) >= 0.01))])
+    worse = {n: behind(n) for n in more}
     for n in more:
-        worse = behind(n)
         target = f"lrtune >= handwritten after {n} trials on every task (mean and 2 of 3 seeds)"
         claims.append([f"Seeded search >= the hand-written sweep after {n} trials on every task (mean, and in 2 of "
-                       "3 seeds)", peer, f"ahead on {len(tasks) - len(worse)} of {len(tasks)} tasks"
-                       + (f"; behind on {'; '.join(worse)}" if worse else ""),
-                       target_verdict(met.get(target, not worse))])
+                       "3 seeds)", peer, f"ahead on {len(tasks) - len(worse[n])} of {len(tasks)} tasks"
+                       + (f"; behind on {'; '.join(versus(name, n) for name in worse[n])}" if worse[n] else ""),
+                       target_verdict(met.get(target, not worse[n]))])
     far = {name: t["ceiling"] - best(t, "lrtune", last).mean() for name, t in tasks.items()}
     near = [name for name, gap in far.items() if gap <= 0.005]
     target = f"after {last} trials within 0.5 pt of the best any method reached"
@@ -149,7 +155,8 @@ def search_quality(p: dict):
                      f"{np.mean(t['rows']['lrtune']['epochs'][str(last)]):.0f} / "
                      f"{np.mean(t['rows']['handwritten']['epochs'][str(last)]):.0f}"])
     lines += md_table(["task", "metric", *[f"after {n} trials" for n in shown], "epochs, lrtune / hand-written"], rows)
-    lines += _why_missed(p, tasks, best, behind, first, more, last)
+    lines += _why_missed(p, tasks, best, first, last, gains=gains, worse=worse, far=far, capped=capped,
+                         spread=spread, epochs=ep)
     for name, t in tasks.items():
         budgets = [str(n) for n in t["budgets"]]
         metric = "R²" if name in R2_TASKS else "accuracy"
@@ -171,31 +178,35 @@ def search_quality(p: dict):
     return claims, lines
 
 
-def _why_missed(p: dict, tasks: dict, best, behind, first: int, budgets: list[int], last: int) -> list[str]:
-    """The missed search-quality targets, each with what the runs show of its reason."""
+def _why_missed(p: dict, tasks: dict, best, first: int, last: int, *, gains: dict, worse: dict, far: dict,
+                capped: list, spread: float, epochs: dict) -> list[str]:
+    """The missed search-quality targets, each with what the runs show of its reason. gains: lrtune's
+    lead per task after `first` trials; worse: budget -> the tasks behind; far: the gap per task to the
+    best any method reached; capped: the tasks where lrtune's best seed is not within 0.5 pt of it;
+    spread: the largest std of lrtune's result over seeds; epochs: lrtune's and the peer's in all."""
     out = []
-    gains = {name: best(t, "lrtune", first).mean() - best(t, "handwritten", first).mean() for name, t in tasks.items()}
     if np.mean(list(gains.values())) < 0.01:
         out.append(f"- After {first} trials lrtune is {100 * np.mean(list(gains.values())):+.2f} pt ahead of the "
                    "hand-written sweep on average, per task " + ", ".join(f"{n} {100 * g:+.1f}" for n, g in gains.items())
                    + " pt: its first trials are the range tests' suggestions and the points either side of them.")
-    for n in budgets:
-        for name in [b.split(" ")[0] for b in behind(n)]:
+    for n, names in worse.items():
+        for name in names:
             t = tasks[name]
             lr, hw = best(t, "lrtune", n), best(t, "handwritten", n)
             noise = max(lr.std(), hw.std())
-            out.append(f"- After {n} trials lrtune is behind the hand-written sweep on {name} by "
-                       f"{100 * (hw.mean() - lr.mean()):.2f} pt in the mean over seeds"
-                       + (f", less than the seed-to-seed std of either sweep ({100 * noise:.2f} pt): three "
-                          "seeds do not tell them apart." if hw.mean() - lr.mean() < noise else "."))
-    far = [name for name, t in tasks.items() if t["ceiling"] - best(t, "lrtune", last).mean() > 0.005]
-    capped = [name for name, t in tasks.items() if t["ceiling"] - best(t, "lrtune", last).max() > 0.005]
-    if far:
+            gap, ahead = hw.mean() - lr.mean(), (lr >= hw).sum()
+            where = (f"behind the hand-written sweep on {name} by {100 * gap:.2f} pt in the mean over seeds"
+                     if gap > 0 else f"ahead of the hand-written sweep on {name} by {-100 * gap:.2f} pt in the mean "
+                     f"over seeds, but in only {ahead} of {len(lr)} seeds")
+            out.append(f"- After {n} trials lrtune is {where}"
+                       + (f", a difference less than the seed-to-seed std of either sweep ({100 * noise:.2f} pt): "
+                          "three seeds do not tell them apart." if abs(gap) < noise else "."))
+    below = [name for name, gap in far.items() if gap > 0.005]
+    if below:
         own = [name for name, t in tasks.items() if best(t, "lrtune", last).max() >= t["ceiling"]]
-        spread = max(best(t, "lrtune", last).std() for t in tasks.values())
-        first = next(iter(tasks.values()))
-        runs = len(first["rows"]) * len(best(first, "lrtune", last))
-        out.append(f"- Within 0.5 pt of the best any method reached, after {last} trials: on {', '.join(far)} the "
+        some = next(iter(tasks.values()))
+        runs = len(some["rows"]) * len(best(some, "lrtune", last))
+        out.append(f"- Within 0.5 pt of the best any method reached, after {last} trials: on {', '.join(below)} the "
                    f"mean of lrtune's seeds lies further below the best of all {runs} runs (every method, every "
                    f"seed). That best is one of lrtune's own runs on {len(own)} of {len(tasks)} tasks, and "
                    f"lrtune's result moves by up to {100 * spread:.1f} pt (std) between search seeds"
@@ -203,8 +214,7 @@ def _why_missed(p: dict, tasks: dict, best, behind, first: int, budgets: list[in
                       "on every task)." if not capped else f"; its best seed is not within 0.5 pt on "
                       f"{', '.join(capped)}."))
     parts = [part for by_seed in p.get("parts", {}).values() for part in by_seed.values()]
-    ep = {m: sum(np.mean(t["rows"][m]["epochs"][str(last)]) for t in tasks.values()) for m in ("lrtune", "handwritten")}
-    if parts and ep["lrtune"] > ep["handwritten"]:
+    if parts and epochs["lrtune"] > epochs["handwritten"]:
         runs = [(c.get("schedule"), e) for part in parts for c, e in
                 zip(part["lrtune"]["configs"][:last], part["lrtune"]["epochs"][:last])]
         one = [e for sched, e in runs if sched == "one_cycle"]
