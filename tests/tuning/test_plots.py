@@ -25,8 +25,9 @@ def _outcome(optimizer, wd, max_lr):
                             bounds=(max_lr / 30, max_lr * 15))
 
 
-# adamw's LR band is the curve's bounds (about 1.5 decades down, 1.2 up), sgdw's capped at the blind range's 1.0: lr_shift has a distribution
-# per optimizer, which Optuna's importances refuse unless the plot widens them to one
+# adamw's LR band is the curve's bounds (about 1.5 decades down, 1.2 up), sgdw's capped at the blind
+# range's 1.0: lr_shift has a distribution per optimizer, which Optuna's importances refuse unless the
+# plot widens them to one
 PRIORS = priors([_outcome("adamw", 0, 0.05), _outcome("adamw", 1e-4, 0.045), _outcome("sgdw", 0, 0.9),
                _outcome("sgdw", 1e-4, 0.5)], CFG, train_size=4000)
 MIXED = [("adamw", "one_cycle")] * 3 + [("sgdw", "one_cycle")] * 3 + [("adamw", "constant"), ("sgdw", "constant"),
