@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.tuning.sweeps import last_results
+
 
 def main(config_path: str, results: str) -> None:
     import ray
@@ -26,11 +28,10 @@ def main(config_path: str, results: str) -> None:
     def remove_when_a_trial_is_midway():
         deadline = time.time() + 240
         while time.time() < deadline and not removed:
-            for f in Path(results).glob("*/trial_*/result.json"):
-                lines = f.read_text().splitlines()
-                if lines and json.loads(lines[-1]).get("epoch", 0) >= 2:
+            for trial, last in last_results(Path(results)).items():
+                if last.get("epoch", 0) >= 2:
                     cluster.remove_node(workers[1])
-                    removed.update(at=time.time(), after_trial=f.parent.name)
+                    removed.update(at=time.time(), after_trial=trial.name)
                     return
             time.sleep(0.2)
 

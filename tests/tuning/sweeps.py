@@ -1,5 +1,6 @@
 """Sweep configs for the tests: a config pointed at stores in a test's folder, written as YAML."""
 
+import json
 from pathlib import Path
 
 import yaml
@@ -21,3 +22,15 @@ def local(cfg: dict, tmp_path, store: bool = True) -> dict:
                            optuna_storage=f"sqlite:///{tmp_path}/optuna.db")
     cfg["storage_path"] = str(tmp_path / "ray_results")
     return cfg
+
+
+def last_results(results: Path) -> dict[Path, dict]:
+    """Each trial folder under a Tune experiment folder (`results`, with its `*/trial_*/result.json`)
+    and its last complete result. Tune may be writing a line while this reads: a line is complete
+    once its newline is written, so the text after the last newline is left for the next read."""
+    last = {}
+    for f in Path(results).glob("*/trial_*/result.json"):
+        complete = f.read_text().rpartition("\n")[0]
+        if complete:
+            last[f.parent] = json.loads(complete.rsplit("\n", 1)[-1])
+    return last

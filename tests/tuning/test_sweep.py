@@ -9,6 +9,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.tuning.sweeps import last_results
 from tests.tuning.sweeps import local as _local
 from tests.tuning.sweeps import write as _write
 from tuning import search
@@ -419,12 +420,7 @@ def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_session, tmp_pa
 def _finished_in_tune(results: Path) -> list[str]:
     """Trials whose last result in Tune's own result.json, as copied to storage_path with the
     experiment state, says finished (what a resumed driver will know)."""
-    done = []
-    for f in results.glob("*/trial_*/result.json"):
-        lines = f.read_text().splitlines()
-        if lines and json.loads(lines[-1]).get("status") == "finished":
-            done.append(f.parent.name.removeprefix("trial_"))
-    return done
+    return [d.name.removeprefix("trial_") for d, r in last_results(results).items() if r.get("status") == "finished"]
 
 
 def test_resume_after_a_killed_driver_loses_no_trial_and_runs_none_twice(ray_session, tmp_path, monkeypatch):
