@@ -1,4 +1,5 @@
-"""Sweep configs for the tests: a config pointed at stores in a test's folder, written as YAML."""
+"""Sweep configs for the tests (a config pointed at stores in a test's folder, written as YAML), and what
+Tune has written of a running sweep (`last_results`)."""
 
 import json
 from pathlib import Path
